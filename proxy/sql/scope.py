@@ -1,0 +1,33 @@
+"""What statement analysis needs to know about a session: its reach and its rules.
+
+A Scope is built once per tenant (by `proxy.tenancy.strategy`) and is part of every
+analysis cache key, so it must stay small, frozen and hashable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Scope:
+    strategy: str  # database | schema | row | bypass
+    isolation_level: str = "strict"  # strict | standard
+    pool_mode: str = "transaction"  # transaction | session
+    schemas: tuple[str, ...] = ()  # schema strategy: the tenant's own schemas (catalog form)
+    shared_schemas: tuple[str, ...] = ()  # readable by every tenant, never writable by one
+    # Settings the proxy pins on the server connection, as (name, value) in catalog form,
+    # e.g. (("search_path", "globex, common"), ("role", "globex")). The analysis re-applies
+    # them after statements that would reset them (RESET ALL).
+    pinned_settings: tuple[tuple[str, str], ...] = ()
+    row_column: str | None = None  # row strategy (later): the tenant column
+    tenant_key: str | None = None  # row strategy (later): this tenant's value of that column
+
+
+@dataclass(frozen=True)
+class SettingChange:
+    """A session-level SET or RESET of a tracked setting that the analysis allowed."""
+
+    name: str  # lower case, as PostgreSQL folds it
+    value: str | None  # None: RESET (back to the connection's default)
+    local: bool = False  # SET LOCAL: lasts until the end of the transaction only
