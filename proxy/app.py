@@ -1,0 +1,164 @@
+"""The runtime built from one config snapshot, and its lifecycle: serve, reload, drain.
+
+`run(config_path)` is the whole life of a proxy process: it serves until SIGTERM or
+SIGINT, reloads on SIGHUP (a config that fails validation keeps the old one running),
+and on shutdown lets in-flight transactions finish before it exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+from proxy.config import Config, load_config
+from proxy.errors import ConfigError, TooManyConnections
+from proxy.listener import Listener, build_ssl_context, send_cancel
+from proxy.observability.logging import configure, get_logger
+from proxy.pool.pool import Pool
+from proxy.sql import Analyzer
+
+EXPIRY_INTERVAL = 5.0  # seconds between idle-connection sweeps
+
+
+class App:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.log = get_logger()
+        self.pools: dict[tuple[str, str], Pool] = {}
+        self.analyzer = Analyzer(ttl=config.cache_ttl)
+        self.sessions: set = set()
+        self.cancel_keys: dict[tuple[int, bytes], object] = {}
+        self.tenant_clients: dict[str, int] = {}
+        self.draining = False
+        self.ssl_context = build_ssl_context(config.tls)
+        self.listener = Listener(self)
+        self.stopped = asyncio.Event()
+
+    # -- what sessions ask of the runtime ---------------------------------------------
+
+    def pool_for(self, plan) -> Pool:
+        key = (plan.cluster, plan.database)
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = self.pools[key] = Pool(self.config.clusters[plan.cluster], plan.database)
+        return pool
+
+    def admit(self, session, tenant) -> None:
+        """Count the client against its tenant's quota (53300 when it is full)."""
+        if tenant is None:
+            return
+        count = self.tenant_clients.get(tenant.name, 0)
+        if tenant.max_connections is not None and count >= tenant.max_connections:
+            raise TooManyConnections(
+                f"too many connections for tenant {tenant.name!r}", rule="tenant-quota")
+        self.tenant_clients[tenant.name] = count + 1
+        session.counted_tenant = tenant.name
+
+    def forget_session(self, session) -> None:
+        self.sessions.discard(session)
+        if session.cancel_key is not None:
+            self.cancel_keys.pop(session.cancel_key, None)
+        tenant = getattr(session, "counted_tenant", None)
+        if tenant is not None:
+            self.tenant_clients[tenant] -= 1
+        if self.draining and not self.sessions:
+            self.stopped.set()
+
+    def register_cancel(self, session) -> tuple[int, bytes]:
+        from proxy.handshake import new_cancel_key
+        key = new_cancel_key()
+        while key in self.cancel_keys:
+            key = new_cancel_key()
+        self.cancel_keys[key] = session
+        return key
+
+    def cancel(self, pid: int, key: bytes) -> None:
+        """A CancelRequest: forward it to the server connection the client holds now."""
+        session = self.cancel_keys.get((pid, key))
+        conn = session.active_server if session is not None else None
+        if conn is None:
+            return  # unknown key, or the client holds no server: nothing to cancel
+        asyncio.get_running_loop().create_task(
+            send_cancel(conn.host, conn.port, conn.backend_pid, conn.backend_key))
+
+    def refused(self, session, error) -> None:
+        session.log.info("statement refused", sqlstate=error.sqlstate, rule=error.rule)
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        await self.listener.start()
+        host, port = self.config.listen
+        self.log.info("listening", host=host, port=port)
+        print(f"tenantgate: listening on {host}:{port}", flush=True)
+        expiry = asyncio.get_running_loop().create_task(self._expire_idle())
+        try:
+            await self.stopped.wait()
+        finally:
+            expiry.cancel()
+            self.listener.close()
+            for pool in self.pools.values():
+                pool.close()
+
+    async def _expire_idle(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_INTERVAL)
+            for pool in self.pools.values():
+                pool.expire_idle()
+
+    def reload(self) -> None:
+        """SIGHUP: validate the file again and swap the snapshot in, or keep the old one."""
+        try:
+            config = load_config(self.config.path)
+        except ConfigError as exc:
+            self.log.error("reload failed, keeping the running configuration", error=str(exc))
+            return
+        if config.listen != self.config.listen:
+            self.log.warning("listen address changes need a restart", listen=config.listen)
+        for key, pool in list(self.pools.items()):
+            if config.clusters.get(key[0]) != pool.cluster:
+                pool.close()  # connections are closed as their clients release them
+                del self.pools[key]
+        self.config = config
+        self.analyzer = Analyzer(ttl=config.cache_ttl)
+        self.log.info("configuration reloaded", tenants=len(config.tenants))
+
+    def drain(self) -> None:
+        """SIGTERM/SIGINT: refuse new clients, let open transactions finish, then stop."""
+        if self.draining:
+            return
+        self.draining = True
+        self.log.info("draining", clients=len(self.sessions))
+        for session in list(self.sessions):
+            if session.idle() or not session.relaying:
+                session.fail_shutdown()
+        if not self.sessions:
+            self.stopped.set()
+        asyncio.get_running_loop().call_later(self.config.shutdown_timeout, self.stopped.set)
+
+
+async def _main(config: Config) -> int:
+    app = App(config)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, app.reload)
+    loop.add_signal_handler(signal.SIGTERM, app.drain)
+    loop.add_signal_handler(signal.SIGINT, app.drain)
+    await app.serve()
+    app.log.info("stopped")
+    return 0
+
+
+def run(config_path: str) -> int:
+    """Serve until SIGTERM/SIGINT; the process exit code."""
+    configure()
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    try:
+        import uvloop
+        return uvloop.run(_main(config))
+    except ImportError:
+        return asyncio.run(_main(config))

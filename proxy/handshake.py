@@ -1,0 +1,161 @@
+"""The start of a client connection: TLS, startup packet, authentication, tenant.
+
+Runs as one coroutine per client. It ends by sending AuthenticationOk, the server's
+parameters, a proxy-generated cancel key and ReadyForQuery, then hands the client to
+the session's relay. Every refusal is a FATAL error with the SQLSTATE DESIGN.md gives,
+and the log line says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+from proxy.errors import FatalError, ProtocolViolation, ProxyError, TenantRefused
+from proxy.pool.lease import checkout
+from proxy.protocol import messages as m
+from proxy.protocol.auth import dummy_server_auth, server_auth
+from proxy.protocol.startup import (CancelRequest, GSSENCRequest, SSLRequest, StartupMessage,
+                                    negotiate_protocol_version, parse_startup)
+from proxy.tenancy.resolve import filter_startup_params, resolve_tenant, split_user
+from proxy.tenancy.strategy import plan_session
+
+HANDSHAKE_TIMEOUT = 30.0  # seconds from connect to ReadyForQuery, as PostgreSQL's authentication_timeout
+# ParameterStatus values reported to clients but never taken from the server as they are.
+CLIENT_VISIBLE_OVERRIDES = ("session_authorization", "is_superuser")
+
+
+async def run_handshake(session) -> None:
+    try:
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+            if session.refuse_at_connect is not None:
+                raise session.refuse_at_connect
+            startup = await read_startup(session)
+            if startup is None:
+                return
+            await start_session(session, startup)
+    except TimeoutError:
+        session.fail(ProtocolViolation("authentication timed out", rule="handshake-timeout"))
+    except ProxyError as exc:
+        session.fail(exc)
+    except (ConnectionError, OSError) as exc:
+        session.fail(FatalError(f"connection error: {exc}", sqlstate="08006"))
+
+
+async def read_startup(session) -> StartupMessage | None:
+    """The StartupMessage, after any SSL/GSS negotiation; None for a CancelRequest."""
+    while True:
+        request = parse_startup(await session.next_startup_packet())
+        if isinstance(request, StartupMessage):
+            if session.startup_reader.pending():
+                raise ProtocolViolation("unexpected data after the startup packet")
+            return request
+        if isinstance(request, CancelRequest):
+            session.app.cancel(request.pid, request.key)
+            session.closed = True
+            session.transport.close()
+            return None
+        if session.startup_reader.pending():
+            # Bytes after SSLRequest before the TLS handshake (CVE-2021-3935).
+            raise ProtocolViolation("unexpected data after SSLRequest", rule="ssl-request")
+        if isinstance(request, SSLRequest) and session.app.ssl_context is not None:
+            await start_tls(session)
+        else:  # no TLS configured, or GSSENCRequest: answer N and wait for the next packet
+            session.write(b"N")
+
+
+async def start_tls(session) -> None:
+    session.write(b"S")
+    loop = asyncio.get_running_loop()
+    session.transport = await loop.start_tls(session.transport, session,
+                                             session.app.ssl_context, server_side=True)
+    session.tls = True
+
+
+async def start_session(session, startup: StartupMessage) -> None:
+    """Authenticate, resolve the tenant, and tell the client it may send queries."""
+    app, config = session.app, session.app.config
+    if startup.minor > 0:
+        unsupported = [name for name in startup.params if name.startswith("_pq_.")]
+        session.write(negotiate_protocol_version(startup.minor, unsupported))
+    params = {k: v for k, v in startup.params.items() if not k.startswith("_pq_.")}
+    if app.draining:
+        raise FatalError("the proxy is shutting down", sqlstate="57P01")
+    if config.tls is not None and config.tls.mode == "require" and not session.tls:
+        raise TenantRefused("TLS is required", rule="tls-required")
+    login_name, suffix = split_user(params["user"], config)
+    user = config.users.get(login_name)
+    session.log = session.log.bind(login=login_name)
+    await authenticate(session, user, login_name)
+    sni = _server_name(session) if session.tls else None
+    tenant = resolve_tenant(config, user, suffix, params, sni)
+    session.tenant = tenant.name if tenant is not None else None
+    session.log = session.log.bind(tenant=session.tenant)
+    session.startup_params = filter_startup_params(params)
+    session.params = dict(session.startup_params)
+    session.login = login_name
+    plan = plan_session(config, user, tenant, params.get("database", params["user"]))
+    session.plan = plan
+    session.pool = app.pool_for(plan)
+    app.admit(session, tenant)
+    await finish_startup(session)
+
+
+async def authenticate(session, user, login_name: str) -> None:
+    auth = server_auth(user, login_name) if user is not None else dummy_server_auth(login_name)
+    first = auth.start()
+    if first:
+        session.write(first)
+    while not auth.done:
+        mtype, raw = await session.next_message()
+        if mtype != m.PASSWORD_MESSAGE:
+            raise ProtocolViolation("expected a password message")
+        reply = auth.step(raw)
+        if reply:
+            session.write(reply)
+
+
+async def finish_startup(session) -> None:
+    """Server parameters, a cancel key, ReadyForQuery; session pooling leases now."""
+    pool, plan = session.pool, session.plan
+    conn = None
+    if pool.server_params is None or session.app.config.pool_mode == "session":
+        conn = await checkout(pool, plan, session.params)
+        if session.closed:
+            pool.release(conn)
+            return
+    out = [m.auth_ok()]
+    for name, value in client_parameters(session).items():
+        out.append(m.parameter_status(name, value))
+    session.cancel_key = session.app.register_cancel(session)
+    out.append(m.backend_key_data(*session.cancel_key))
+    out.append(m.ready_for_query(b"I"))
+    session.write(b"".join(out))
+    session.log.info("client connected")
+    if conn is not None:
+        if session.app.config.pool_mode == "session":
+            session.lease_for_session(conn)
+        else:
+            pool.release(conn)
+    session.start_relay()
+
+
+def client_parameters(session) -> dict[str, str]:
+    """What the client is told about the server: its values, the client's own settings."""
+    reported = dict(session.pool.server_params or {})
+    reported.update({name: value for name, value in session.params.items()
+                     if name in reported or name in ("application_name", "DateStyle", "TimeZone",
+                                                     "IntervalStyle", "client_encoding")})
+    reported["session_authorization"] = session.login
+    reported["is_superuser"] = "off"
+    return reported
+
+
+def _server_name(session) -> str | None:
+    ssl_object = session.transport.get_extra_info("ssl_object")
+    return getattr(ssl_object, "server_hostname", None) if ssl_object is not None else None
+
+
+def new_cancel_key() -> tuple[int, bytes]:
+    """A random (pid, key) pair: 63 bits of secret across the two (THREATS.md 59)."""
+    return secrets.randbits(31) | 1, secrets.token_bytes(4)

@@ -1,0 +1,105 @@
+"""The order of replies a session expects from its server connection.
+
+The proxy sometimes adds messages of its own to what a client sent (a Parse to
+re-prepare a statement on another server connection, a statement that aborts the
+server transaction after a refusal) and sometimes answers for the server (a
+ParseComplete for a statement that is already prepared). The server answers in
+order, so one queue tells, for each reply, whether it belongs to the client, and
+where the proxy's own answers go in the stream.
+"""
+
+from __future__ import annotations
+
+import collections
+
+from proxy.protocol import messages as m
+
+
+# What ends the answer to each kind of message.
+READY = (m.READY_FOR_QUERY,)  # Query, Sync
+PARSED = (m.PARSE_COMPLETE,)
+BOUND = (m.BIND_COMPLETE,)
+CLOSED = (m.CLOSE_COMPLETE,)
+EXECUTED = (m.COMMAND_COMPLETE, m.EMPTY_QUERY_RESPONSE, m.PORTAL_SUSPENDED)
+DESCRIBED = (m.ROW_DESCRIPTION, m.NO_DATA)
+# Messages whose type the relay must look at to follow the queue.
+TRACKED_REPLIES = frozenset(
+    READY + PARSED + BOUND + CLOSED + EXECUTED + DESCRIBED
+    + (m.ERROR_RESPONSE, m.PARAMETER_STATUS, m.COPY_IN_RESPONSE, m.COPY_OUT_RESPONSE,
+       m.COPY_BOTH_RESPONSE))
+
+
+class Expect:
+    """One entry: a reply the server will send, or bytes the proxy will send itself."""
+
+    __slots__ = ("replies", "swallow", "synthetic", "settings", "failed")
+
+    def __init__(self, replies: tuple[int, ...], swallow: bool = False,
+                 synthetic: bytes | None = None, settings: tuple = ()) -> None:
+        self.replies = replies  # the message types that end this entry's answer; () if synthetic
+        self.swallow = swallow  # the proxy asked for it: do not relay it
+        self.synthetic = synthetic  # bytes for the client, sent when this entry is reached
+        self.settings = settings  # SET/RESET changes that take effect when this sync succeeds
+        self.failed = False  # an ErrorResponse came before this ReadyForQuery
+
+
+class ReplyTracker:
+    """Expected replies up to each ReadyForQuery; see the module docstring."""
+
+    def __init__(self) -> None:
+        self.queue: collections.deque[Expect] = collections.deque()
+        self.pending_syncs = 0  # Query/Sync messages whose ReadyForQuery has not come
+
+    def expect(self, replies: tuple[int, ...], *, swallow: bool = False,
+               settings: tuple = ()) -> None:
+        self.queue.append(Expect(replies, swallow, None, settings))
+        if replies is READY:
+            self.pending_syncs += 1
+
+    def answer(self, data: bytes) -> bytes:
+        """Queue bytes the proxy answers itself; returns what can be sent right now."""
+        if not self.queue:
+            return data
+        self.queue.append(Expect((), synthetic=data))
+        return b""
+
+    def on_completion(self, reply: int) -> bool:
+        """A reply that may end an entry arrived: True if the proxy swallows it.
+
+        Replies inside a simple Query's answer meet the Query's ReadyForQuery entry at
+        the front and end nothing.
+        """
+        queue = self.queue
+        if queue and reply in queue[0].replies and queue[0].replies is not READY:
+            return queue.popleft().swallow
+        return False
+
+    def on_error(self) -> None:
+        """The server skips to the next Sync after an error: so do the expectations."""
+        queue = self.queue
+        while queue and queue[0].replies is not READY:
+            queue.popleft()
+        if queue:
+            queue[0].failed = True
+
+    def on_ready(self) -> Expect | None:
+        """A ReadyForQuery arrived: the entry it answers (None if unexpected)."""
+        queue = self.queue
+        while queue and queue[0].replies is not READY:
+            queue.popleft()
+        if not queue:
+            return None
+        self.pending_syncs -= 1
+        return queue.popleft()
+
+    def take_synthetic(self) -> bytes:
+        """Proxy answers that are now at the front of the queue."""
+        out = []
+        queue = self.queue
+        while queue and queue[0].synthetic is not None:
+            out.append(queue.popleft().synthetic)
+        return b"".join(out)
+
+    @property
+    def idle(self) -> bool:
+        return not self.queue

@@ -1,0 +1,561 @@
+"""One client connection: the only place that waits on both sockets.
+
+The handshake (TLS, startup, authentication, tenant resolution) runs as a coroutine
+in `proxy.handshake`. After it, the session works from transport callbacks: client
+messages are analysed and forwarded as they arrive, server replies are relayed by
+length, and only the replies that end a request (ReadyForQuery, errors, completions)
+are looked at. A server connection is leased when a request needs one and given back
+at ReadyForQuery outside a transaction (transaction pooling), or held until the
+client leaves (session pooling).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+
+from proxy.errors import (AdminShutdown, ConnectionUnavailable, FatalError, ProtocolViolation,
+                          ProxyError)
+from proxy.pool.lease import checkout, is_ready_for
+from proxy.protocol import messages as m
+from proxy.protocol.framing import MessageReader, StartupReader
+from proxy.replies import BOUND, CLOSED, DESCRIBED, EXECUTED, PARSED, READY, ReplyTracker
+from proxy.sql.scope import SettingChange
+from proxy.statements import make_statement
+
+# Settings whose drift (ParameterStatus) means the proxy and server no longer lex SQL alike.
+PINNED_REPORTED = {"client_encoding": "UTF8", "standard_conforming_strings": "on"}
+COMPLETIONS = frozenset(PARSED + BOUND + CLOSED + EXECUTED + DESCRIBED)
+IDLE = ord("I")
+
+
+class ClientSession(asyncio.Protocol):
+    def __init__(self, app) -> None:
+        self.app = app
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.log = app.log
+        self.startup_reader = StartupReader()
+        self.reader = MessageReader(app.config.max_message_size)
+        self.relaying = False
+        self.closed = False
+        self.handshake_task: asyncio.Task | None = None
+        self.message_waiter: asyncio.Future | None = None
+        self.bytes_waiter: asyncio.Future | None = None
+        self.tls = False
+        # Set by the handshake:
+        self.login = ""
+        self.tenant: str | None = None
+        self.plan = None
+        self.pool = None
+        self.params: dict[str, str] = {}  # the client's settings, restored on each lease
+        self.startup_params: dict[str, str] = {}
+        self.cancel_key: tuple[int, bytes] | None = None
+        self.session_pooling = False
+        self.refuse_at_connect: ProxyError | None = None  # set by the listener when full
+        self.counted_tenant: str | None = None  # the tenant whose quota this client uses
+        # Relay state:
+        self.server = None
+        self.tracker = ReplyTracker()
+        self.tx_status = IDLE
+        self.skip_to_sync = False
+        self.refused_directly = False  # the pending refusal was answered without the server
+        self.unsynced = False  # extended-protocol messages forwarded since the last Sync
+        self.unsynced_settings: list[SettingChange] = []
+        self.queued: list[tuple[int, bytes]] = []  # messages waiting for a lease
+        self.leasing: asyncio.Task | None = None
+        self.statements: dict = {}
+        self.unnamed = None
+        self._server_out: list[bytes] = []
+        self._client_out: list[bytes] = []
+        self._handlers = {
+            m.QUERY: self._on_query, m.PARSE: self._on_parse, m.BIND: self._on_bind,
+            m.DESCRIBE: self._on_describe, m.EXECUTE: self._on_execute, m.CLOSE: self._on_close,
+            m.SYNC: self._on_sync, m.FLUSH: self._on_flush, m.TERMINATE: self._on_terminate,
+            m.COPY_DATA: self._on_copy, m.COPY_DONE: self._on_copy, m.COPY_FAIL: self._on_copy,
+        }
+
+    # -- asyncio.Protocol -------------------------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.log = self.app.log.bind(client=self.peer)
+        from proxy.handshake import run_handshake  # the handshake needs this module too
+        self.handshake_task = asyncio.get_running_loop().create_task(run_handshake(self))
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            if self.relaying:
+                self.reader.feed(data)
+                self._process_client_messages()
+            elif self.message_waiter is not None:
+                self.reader.feed(data)
+                _wake(self.message_waiter)
+            else:
+                self.startup_reader.feed(data)
+                _wake(self.bytes_waiter)
+        except ProxyError as exc:
+            self.fail(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.handshake_task is not None and not self.handshake_task.done():
+            self.handshake_task.cancel()
+        if self.leasing is not None:
+            self.leasing.cancel()
+        self._give_back_server(clean=False)
+        self.app.forget_session(self)
+
+    def pause_writing(self) -> None:
+        # The client reads slower than the server answers: stop reading the server.
+        if self.server is not None and self.server.transport is not None:
+            self.server.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.server is not None and self.server.transport is not None:
+            self.server.transport.resume_reading()
+
+    # -- handshake support ------------------------------------------------------------
+
+    async def next_startup_packet(self) -> bytes:
+        while (raw := self.startup_reader.next()) is None:
+            self.bytes_waiter = asyncio.get_running_loop().create_future()
+            await self.bytes_waiter
+        return raw
+
+    async def next_message(self) -> tuple[int, bytes]:
+        while (message := self.reader.next()) is None:
+            self.message_waiter = asyncio.get_running_loop().create_future()
+            await self.message_waiter
+        return message
+
+    def write(self, data: bytes) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(data)
+
+    def start_relay(self) -> None:
+        """The handshake is over: from now on client bytes are handled as they come."""
+        self.message_waiter = None
+        self.relaying = True
+        try:
+            self._process_client_messages()
+        except ProxyError as exc:
+            self.fail(exc)
+
+    def fail(self, error: ProxyError) -> None:
+        """Send a fatal error and close, freeing the server connection."""
+        if not self.closed:
+            self.log.info("client closed", sqlstate=error.sqlstate, reason=error.message)
+            self._flush()
+            self.write(m.error_response(error.fields()))
+            self.transport.close()
+        self.closed = True
+        self._give_back_server(clean=False)
+
+    # -- client messages --------------------------------------------------------------
+
+    def _process_client_messages(self) -> None:
+        reader = self.reader
+        while not self.closed and (message := reader.next()) is not None:
+            if self.leasing is not None:
+                self.queued.append(message)
+            elif self.skip_to_sync:
+                self._skip(*message)
+            else:
+                handler = self._handlers.get(message[0])
+                if handler is None:
+                    raise _unexpected(message[0])
+                handler(message[1])
+        self._flush()
+
+    def _skip(self, mtype: int, raw: bytes) -> None:
+        """After a refusal in the extended protocol, drop messages up to Sync (as the server)."""
+        if mtype == m.SYNC:
+            self.skip_to_sync = False
+            if self.refused_directly:
+                self.refused_directly = False
+                self._client_out.append(m.ready_for_query(bytes([self.tx_status])))
+            else:
+                self._forward_sync()
+        elif mtype == m.TERMINATE:
+            self._on_terminate(raw)
+
+    def _analyze(self, sql: str):
+        return self.app.analyzer.analyze(sql, self.plan.scope)
+
+    def _on_query(self, raw: bytes) -> None:
+        decision = self._analyze(m.decode_query(raw))
+        if decision.action == "deny":
+            self._refuse_simple(decision.error)
+            return
+        if not self._ensure_server(m.QUERY, raw):
+            return
+        self._send(raw if decision.action == "allow" else m.query(decision.sql))
+        self.tracker.expect(READY, settings=decision.settings)
+        self.server.unnamed_owner = None  # a simple Query replaces the unnamed statement
+        if decision.session_state:
+            self.server.dirty = True
+
+    def _on_parse(self, raw: bytes) -> None:
+        parse = m.decode_parse(raw)
+        decision = self._analyze(parse.query)
+        if decision.action == "deny":
+            self._refuse_extended(decision.error)
+            return
+        if not self._ensure_server(m.PARSE, raw):
+            return
+        query = parse.query if decision.action == "allow" else decision.sql
+        self.unsynced_settings.extend(decision.settings)
+        if decision.session_state:
+            self.server.dirty = True
+        if self.session_pooling:
+            self._send_extended(raw if decision.action == "allow" else
+                                m.parse(parse.name, query, parse.param_oids), PARSED)
+        elif parse.name:
+            self._parse_named(parse.name, make_statement(query, parse.param_oids))
+        else:
+            self.unnamed = make_statement(query, parse.param_oids)
+            self.unnamed.parse_message = m.parse("", query, parse.param_oids)
+            self._send_extended(self.unnamed.parse_message, PARSED)
+            self.server.unnamed_owner = self.unnamed
+
+    def _parse_named(self, name: str, statement) -> None:
+        if name in self.statements:
+            self._refuse_extended(ProxyError(
+                f'prepared statement "{name}" already exists', sqlstate="42P05"))
+            return
+        self.statements[name] = statement
+        self.unsynced = True
+        if self.server.statements.has(statement.server_name):
+            self._answer(m.parse_complete())
+        else:
+            self._prepare_on_server(statement, swallow=False)
+
+    def _prepare_on_server(self, statement, swallow: bool) -> None:
+        self._send(statement.parse_message)
+        self.tracker.expect(PARSED, swallow=swallow)
+        evicted = self.server.statements.add(statement.server_name)
+        if evicted is not None:
+            self._send(m.close_statement(evicted))
+            self.tracker.expect(CLOSED, swallow=True)
+
+    def _statement_for(self, name: str):
+        """The server-side name for a client statement, preparing it here if needed."""
+        if not name:
+            if self.unnamed is not None and self.server.unnamed_owner is not self.unnamed:
+                self._send(self.unnamed.parse_message)
+                self.tracker.expect(PARSED, swallow=True)
+                self.server.unnamed_owner = self.unnamed
+            return ""
+        statement = self.statements.get(name)
+        if statement is None:
+            return None  # the server reports the unknown name
+        if not self.server.statements.has(statement.server_name):
+            self._prepare_on_server(statement, swallow=True)
+        return statement.server_name
+
+    def _on_bind(self, raw: bytes) -> None:
+        if not self._ensure_server(m.BIND, raw):
+            return
+        if not self.session_pooling:
+            bind = m.decode_bind(raw)
+            server_name = self._statement_for(bind.statement)
+            if server_name:
+                raw = m.rename_bind(raw, bind.portal, server_name)
+        self._send_extended(raw, BOUND)
+
+    def _on_describe(self, raw: bytes) -> None:
+        if not self._ensure_server(m.DESCRIBE, raw):
+            return
+        kind, name = m.decode_describe(raw)
+        if kind == "S" and not self.session_pooling:
+            server_name = self._statement_for(name)
+            if server_name:
+                raw = m.describe("S", server_name)
+        self._send_extended(raw, DESCRIBED)
+
+    def _on_execute(self, raw: bytes) -> None:
+        if self._ensure_server(m.EXECUTE, raw):
+            self._send_extended(raw, EXECUTED)
+
+    def _on_close(self, raw: bytes) -> None:
+        kind, name = m.decode_close(raw)
+        if kind == "S" and not self.session_pooling:
+            # Statements stay prepared on the server (others may share them); the
+            # client's name is forgotten and the proxy answers for the server.
+            if name:
+                self.statements.pop(name, None)
+            else:
+                self.unnamed = None
+            self.unsynced = True
+            self._answer(m.close_complete())
+        elif self._ensure_server(m.CLOSE, raw):
+            self._send_extended(raw, CLOSED)
+
+    def _on_sync(self, raw: bytes) -> None:
+        if self.server is None and self.tracker.idle:
+            self.unsynced = False
+            self._client_out.append(m.ready_for_query(bytes([self.tx_status])))
+            return
+        if self._ensure_server(m.SYNC, raw):
+            self._forward_sync()
+
+    def _forward_sync(self) -> None:
+        self._send(m.sync())
+        self.tracker.expect(READY, settings=tuple(self.unsynced_settings))
+        self.unsynced_settings.clear()
+        self.unsynced = False
+
+    def _on_flush(self, raw: bytes) -> None:
+        if self.server is not None:
+            self._send(raw)
+
+    def _on_copy(self, raw: bytes) -> None:
+        if self.server is not None:  # outside COPY the server ignores these too
+            self._send(raw)
+
+    def _on_terminate(self, raw: bytes) -> None:
+        self._flush()
+        self.closed = True
+        self._give_back_server(clean=True)
+        self.transport.close()
+
+    def _send_extended(self, raw: bytes, replies: tuple[int, ...]) -> None:
+        self._send(raw)
+        self.tracker.expect(replies)
+        self.unsynced = True
+
+    def _send(self, raw: bytes) -> None:
+        self._server_out.append(raw)
+
+    def _answer(self, data: bytes) -> None:
+        """A reply the proxy gives itself, placed after the server replies still due."""
+        self._client_out.append(self.tracker.answer(data))
+
+    def _flush(self) -> None:
+        if self._server_out and self.server is not None:
+            self.server.write(b"".join(self._server_out))
+        self._server_out.clear()
+        if self._client_out:
+            self.write(b"".join(self._client_out))
+            self._client_out.clear()
+
+    # -- refusals ---------------------------------------------------------------------
+
+    def _can_answer_directly(self) -> bool:
+        return self.tracker.idle and self.tx_status == IDLE and not self.unsynced
+
+    def _refuse_simple(self, error: ProxyError) -> None:
+        self.app.refused(self, error)
+        if self._can_answer_directly():
+            self._client_out.append(m.error_response(error.fields()))
+            self._client_out.append(m.ready_for_query(b"I"))
+            return
+        # Inside a transaction: let the server raise the same error, so that its
+        # transaction is aborted too and a later COMMIT cannot commit partial work.
+        self._send(m.query(raise_sql(error)))
+        self.tracker.expect(READY)
+
+    def _refuse_extended(self, error: ProxyError) -> None:
+        self.app.refused(self, error)
+        self.skip_to_sync = True
+        if self._can_answer_directly():
+            self.refused_directly = True
+            self._client_out.append(m.error_response(error.fields()))
+            return
+        self._send(m.parse("", raise_sql(error)))
+        self.tracker.expect(PARSED, swallow=True)
+        self._send(m.bind("", ""))
+        self.tracker.expect(BOUND, swallow=True)
+        self._send(m.execute("", 0))
+        self.tracker.expect(EXECUTED)
+        self.server.unnamed_owner = None
+
+    # -- leasing ----------------------------------------------------------------------
+
+    def _ensure_server(self, mtype: int, raw: bytes) -> bool:
+        """True if a server connection is attached; else queue the message and lease one."""
+        if self.server is not None:
+            return True
+        conn = self.pool.take_idle(self.plan.context_key)
+        if conn is not None and is_ready_for(conn, self.plan, self.params):
+            self._attach(conn)
+            return True
+        self.queued.append((mtype, raw))
+        self.transport.pause_reading()
+        self.leasing = asyncio.get_running_loop().create_task(self._lease(conn))
+        return False
+
+    async def _lease(self, conn) -> None:
+        try:
+            conn = await checkout(self.pool, self.plan, self.params, conn)
+        except ProxyError as exc:
+            self.leasing = None
+            self.fail(exc if exc.fatal else _as_fatal(exc))
+            return
+        self.leasing = None
+        if self.closed:
+            self.pool.release(conn)
+            return
+        self._attach(conn)
+        queued, self.queued = self.queued, []
+        try:
+            for mtype, raw in queued:
+                if self.skip_to_sync:
+                    self._skip(mtype, raw)
+                else:
+                    self._handlers[mtype](raw)
+            self.transport.resume_reading()
+            self._process_client_messages()
+        except ProxyError as exc:
+            self.fail(exc)
+
+    def _attach(self, conn) -> None:
+        self.server = conn
+        conn.attach(self._server_data, self._server_lost)
+
+    def lease_for_session(self, conn) -> None:
+        """Session pooling: hold `conn` until the client leaves."""
+        self.session_pooling = True
+        self._attach(conn)
+
+    def _give_back_server(self, clean: bool) -> None:
+        conn, self.server = self.server, None
+        if conn is None:
+            return
+        if clean and self.tracker.idle and self.tx_status == IDLE and not conn.closed:
+            self.pool.release(conn)
+        else:
+            # Mid-request or mid-transaction: the connection's state is unknown.
+            self.pool.discard(conn)
+        self.tracker = ReplyTracker()
+
+    # -- server replies ---------------------------------------------------------------
+
+    def _server_data(self, data: bytes) -> None:
+        try:
+            scanner = self.server.scanner
+            replies = scanner.scan(data)
+        except ProxyError as exc:
+            self.fail(exc)
+            return
+        out = self._client_out
+        position = 0
+        rewrite = False
+        for reply in replies:
+            mtype = reply.type
+            swallow = False
+            if mtype in COMPLETIONS:
+                swallow = self.tracker.on_completion(mtype)
+            elif mtype == m.READY_FOR_QUERY:
+                self._on_ready(reply.raw)
+            elif mtype == m.ERROR_RESPONSE:
+                self.tracker.on_error()
+            elif mtype == m.PARAMETER_STATUS and not self._parameter_ok(reply.raw):
+                return
+            synthetic = self.tracker.take_synthetic() if self.tracker.queue else b""
+            if swallow or synthetic or reply.start < 0 or rewrite:
+                rewrite = True
+                if reply.start >= 0:
+                    out.append(data[position:reply.start])
+                if not swallow:
+                    out.append(reply.raw)
+                out.append(synthetic)
+                position = reply.end
+        held = scanner.pending_start
+        end = held if held >= 0 else len(data)
+        if not rewrite and end == len(data):
+            out.append(data)
+        else:
+            out.append(data[position:end])
+        self._flush()
+        if self.server is not None and self._may_release():
+            self._release()
+
+    def _on_ready(self, raw: bytes) -> None:
+        self.tx_status = raw[5]
+        entry = self.tracker.on_ready()
+        if entry is not None and entry.settings and not entry.failed:
+            self._apply_settings(entry.settings)
+
+    def _apply_settings(self, changes) -> None:
+        """Remember the client's SET/RESET so they are restored on its next lease."""
+        for change in changes:
+            if change.local:
+                continue
+            if change.name == "*":
+                self.params = dict(self.startup_params)
+                self.server.dirty = True
+            elif change.value is None:
+                self.params.pop(change.name, None)
+                if change.name in self.startup_params:
+                    self.params[change.name] = self.startup_params[change.name]
+                self.server.dirty = True
+            else:
+                self.params[change.name] = change.value
+                self.server.applied_params[change.name] = change.value
+
+    def _parameter_ok(self, raw: bytes) -> bool:
+        name, value = m.decode_parameter_status(raw)
+        pinned = PINNED_REPORTED.get(name)
+        if pinned is not None and value != pinned:
+            self.fail(ProtocolViolation(f"server setting {name} changed to {value!r}",
+                                        rule="pinned-setting"))
+            return False
+        return True
+
+    def _may_release(self) -> bool:
+        return (not self.session_pooling and self.tx_status == IDLE and self.tracker.idle
+                and not self.unsynced)
+
+    def _release(self) -> None:
+        conn, self.server = self.server, None
+        self.pool.release(conn)
+        if self.app.draining:
+            self.fail(AdminShutdown("terminating connection due to administrator command"))
+
+    def _server_lost(self) -> None:
+        self.server = None
+        self.fail(ConnectionUnavailable("server closed the connection unexpectedly"))
+
+    def fail_shutdown(self) -> None:
+        self.fail(AdminShutdown("terminating connection due to administrator command"))
+
+    def idle(self) -> bool:
+        """No request in flight and no transaction open (the drain may close it)."""
+        return (self.relaying and self.server is None and self.leasing is None
+                and self.tracker.idle)
+
+    @property
+    def active_server(self):
+        return self.server
+
+
+def raise_sql(error: ProxyError) -> str:
+    """A statement that makes the server raise `error` (aborting its transaction)."""
+    message = error.message.replace("$tenantgate$", "")
+    return (f"DO $tenantgate$BEGIN RAISE EXCEPTION USING ERRCODE = '{error.sqlstate}', "
+            f"MESSAGE = {_literal(message)}; END$tenantgate$")
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _as_fatal(error: ProxyError) -> ProxyError:
+    return FatalError(error.message, sqlstate=error.sqlstate)
+
+
+def _unexpected(mtype: int) -> ProxyError:
+    if mtype == m.FUNCTION_CALL:
+        return ProtocolViolation("the FunctionCall message is not supported", rule="function-call")
+    if mtype == m.PASSWORD_MESSAGE:
+        return ProtocolViolation("unexpected password message")
+    return ProtocolViolation(f"unexpected message type {chr(mtype)!r}")
+
+
+def _wake(waiter: asyncio.Future | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
