@@ -86,7 +86,8 @@ async def start_session(session, startup: StartupMessage) -> None:
     login_name, suffix = split_user(params["user"], config)
     user = config.users.get(login_name)
     session.log = session.log.bind(login=login_name)
-    await authenticate(session, user, login_name)
+    # md5 salts with the user name exactly as the client sent it ("app.acme").
+    await authenticate(session, user, params["user"])
     sni = _server_name(session) if session.tls else None
     tenant = resolve_tenant(config, user, suffix, params, sni)
     session.tenant = tenant.name if tenant is not None else None

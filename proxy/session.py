@@ -204,9 +204,14 @@ class ClientSession(asyncio.Protocol):
         if decision.action == "deny":
             self._refuse_extended(decision.error)
             return
+        query = parse.query if decision.action == "allow" else decision.sql
+        if parse.name and self._can_defer_parse(decision):
+            # Prepared lazily where it is used: a Parse+Sync (libpq's PQprepare) then
+            # needs no server connection, so clients waiting for one cannot deadlock.
+            self._register_named(parse.name, make_statement(query, parse.param_oids))
+            return
         if not self._ensure_server(m.PARSE, raw):
             return
-        query = parse.query if decision.action == "allow" else decision.sql
         self.unsynced_settings.extend(decision.settings)
         if decision.session_state:
             self.server.dirty = True
@@ -220,6 +225,20 @@ class ClientSession(asyncio.Protocol):
             self.unnamed.parse_message = m.parse("", query, parse.param_oids)
             self._send_extended(self.unnamed.parse_message, PARSED)
             self.server.unnamed_owner = self.unnamed
+
+    def _can_defer_parse(self, decision) -> bool:
+        return (not self.session_pooling and self.server is None and self.leasing is None
+                and not decision.settings and not decision.session_state)
+
+    def _register_named(self, name: str, statement) -> bool:
+        """Record a client's named statement and answer ParseComplete for the server."""
+        if name in self.statements:
+            self._refuse_extended(ProxyError(
+                f'prepared statement "{name}" already exists', sqlstate="42P05"))
+            return False
+        self.statements[name] = statement
+        self._client_out.append(m.parse_complete())
+        return True
 
     def _parse_named(self, name: str, statement) -> None:
         if name in self.statements:

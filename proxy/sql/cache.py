@@ -1,0 +1,101 @@
+"""Cache analysis decisions by exact text and by statement shape.
+
+Two bounded maps, both keyed with the tenant's Scope (strategy, schemas, pinned
+settings, pool mode, level), so no decision is ever shared between scopes:
+
+* exact text → Decision: every decision, including those that read a literal and
+  rewritten ones (their SQL is specific to the text).
+* shape → Decision: `pglast.parser.normalize` replaces every literal by `$n`, so
+  statements that differ only in literals share one entry. Only decisions that did
+  not read any literal go there (`Decision.shape_cacheable`); a decision that read
+  `SET search_path TO a` or `nextval('s')` is never reused for `… b` or `nextval('t')`.
+
+Entries expire after `ttl` seconds; when a map is full the oldest entry goes first
+(dict insertion order, a sixteenth at a time). Very long statements are not cached (their key alone would
+cost more memory than re-analysing them costs time).
+"""
+
+from __future__ import annotations
+
+import time
+from itertools import islice
+from typing import Callable
+
+from pglast import parser
+
+from proxy.sql.analysis import Decision, analyze_uncached
+from proxy.sql.scope import Scope
+
+MAX_CACHED_CHARS = 8192
+
+_Entry = tuple[float, Decision]  # (expires at, decision)
+
+
+class Analyzer:
+    """Cached front of `analyze_uncached`; one per process, shared by all sessions."""
+
+    def __init__(self, max_entries: int = 20000, ttl: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_entries = max_entries
+        self.ttl = ttl
+        self._clock = clock
+        self._exact: dict[tuple[str, Scope], _Entry] = {}
+        self._shape: dict[tuple[str, Scope], _Entry] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def analyze(self, sql: str, scope: Scope) -> Decision:
+        """The decision for `sql` in `scope`, from the cache when possible."""
+        now = self._clock()
+        key = (sql, scope)
+        entry = self._exact.get(key)
+        if entry is not None and entry[0] > now:
+            self.hits += 1
+            return entry[1]
+        shape = _shape(sql)
+        if shape is not None:
+            entry = self._shape.get((shape, scope))
+            if entry is not None and entry[0] > now:
+                self.hits += 1
+                self._store(self._exact, key, entry)
+                return entry[1]
+        self.misses += 1
+        return self._analyze(key, shape, now)
+
+    def _analyze(self, key: tuple[str, Scope], shape: str | None, now: float) -> Decision:
+        decision = analyze_uncached(*key)
+        if len(key[0]) > MAX_CACHED_CHARS:
+            return decision
+        entry = (now + self.ttl, decision)
+        self._store(self._exact, key, entry)
+        if shape is not None and decision.shape_cacheable:
+            self._store(self._shape, (shape, key[1]), entry)
+        return decision
+
+    def _store(self, table: dict[tuple[str, Scope], _Entry], key: tuple[str, Scope],
+               entry: _Entry) -> None:
+        table.pop(key, None)  # re-inserting moves the key to the young end
+        if len(table) >= self.max_entries:
+            # Drop the oldest sixteenth at once: deleting one key at a time from the
+            # front of a dict makes each next(iter()) skip ever more dead slots.
+            for old in list(islice(table, max(1, self.max_entries // 16))):
+                del table[old]
+        table[key] = entry
+
+    def clear(self) -> None:
+        """Forget everything (config reload: scopes and rules may have changed)."""
+        self._exact.clear()
+        self._shape.clear()
+
+    def __len__(self) -> int:
+        return len(self._exact) + len(self._shape)
+
+
+def _shape(sql: str) -> str | None:
+    """The statement with literals replaced by $n; None when it cannot be normalised."""
+    if len(sql) > MAX_CACHED_CHARS or "\x00" in sql:
+        return None  # normalize() would stop at a NUL and share the prefix's shape
+    try:
+        return parser.normalize(sql)
+    except Exception:  # a syntax error: analysed (and refused) by exact text only
+        return None

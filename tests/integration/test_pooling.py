@@ -1,0 +1,143 @@
+"""Transaction pooling through the running proxy (pool_size 4): many clients, few server
+connections, correct results; pgbench in simple, extended and prepared mode."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+
+import asyncpg
+import pytest
+
+from tests.helpers import abackend_query, backend_query
+
+APP = "app-secret"
+POOL_SIZE = 4  # the sample config's pool_size
+CLIENTS = 200
+TRANSACTIONS = 20
+BACKEND_COUNT = ("SELECT count(*) FROM pg_stat_activity "
+                 "WHERE usename = 'tenantgate' AND datname = 'acme'")
+
+
+@pytest.fixture
+def pool_probe(pg):
+    pg.run_sql("CREATE TABLE public.pool_probe (client int NOT NULL, n int NOT NULL, "
+               "PRIMARY KEY (client, n));\n"
+               "ALTER TABLE public.pool_probe OWNER TO tenantgate;", dbname="acme")
+    yield "pool_probe"
+    pg.run_sql("DROP TABLE IF EXISTS public.pool_probe;", dbname="acme")
+
+
+async def one_client(proxy, client: int) -> list[int]:
+    """TRANSACTIONS transactions; each sees exactly this client's rows written so far."""
+    seen = []
+    conn = await proxy.aconnect("app.acme", APP, timeout=60)
+    try:
+        for n in range(TRANSACTIONS):
+            async with conn.transaction():
+                await conn.execute("INSERT INTO pool_probe (client, n) VALUES ($1, $2)",
+                                   client, n)
+                seen.append(await conn.fetchval(
+                    "SELECT count(*) FROM pool_probe WHERE client = $1", client))
+    finally:
+        await conn.close()
+    return seen
+
+
+async def watch_backends(pg, done: asyncio.Event) -> list[int]:
+    """Sample the proxy's server connections to acme, directly on PostgreSQL, until `done`."""
+    conn = await asyncpg.connect(pg.dsn(dbname="postgres"), timeout=10)
+    counts = []
+    try:
+        while not done.is_set():
+            counts.append(await conn.fetchval(BACKEND_COUNT))
+    finally:
+        await conn.close()
+    return counts
+
+
+@pytest.mark.timeout(300)
+async def test_200_clients_share_the_pool_and_get_correct_results(proxy, pg, pool_probe) -> None:
+    done = asyncio.Event()
+    watcher = asyncio.create_task(watch_backends(pg, done))
+    try:
+        results = await asyncio.gather(*(one_client(proxy, i) for i in range(CLIENTS)))
+    finally:
+        done.set()
+        counts = await watcher
+    assert results == [list(range(1, TRANSACTIONS + 1))] * CLIENTS
+    assert counts and max(counts) <= POOL_SIZE, f"server connections seen: max {max(counts)}"
+    assert max(counts) >= 1  # the watcher did see the pool at work
+    rows = await abackend_query(pg, "acme",
+                                "SELECT count(*), count(DISTINCT client), min(n), max(n) "
+                                "FROM pool_probe")
+    assert rows == [(CLIENTS * TRANSACTIONS, CLIENTS, 0, TRANSACTIONS - 1)]
+
+
+async def test_pool_is_shared_by_sequential_clients(proxy, pg) -> None:
+    """Connections come and go; the server connections stay within the pool size."""
+    for _ in range(3):
+        conns = [await proxy.aconnect("app.acme", APP) for _ in range(3 * POOL_SIZE)]
+        try:
+            values = await asyncio.gather(*(c.fetchval("SELECT count(*) FROM items")
+                                            for c in conns))
+            assert values == [3] * len(conns)
+        finally:
+            for conn in conns:
+                await conn.close()
+    assert (await abackend_query(pg, "postgres", BACKEND_COUNT))[0][0] <= POOL_SIZE
+
+
+# -- pgbench -------------------------------------------------------------------------------------
+
+PGBENCH_TABLES = "pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history"
+
+
+@pytest.fixture(scope="module")
+def pgbench_tables(pg):
+    env = dict(os.environ, PGPASSWORD=pg.superuser_password)
+    done = subprocess.run([pg.bin("pgbench"), "-i", "-s", "1", "-q", "-h", pg.host,
+                           "-p", str(pg.port), "-U", pg.superuser, "acme"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    pg.run_sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {PGBENCH_TABLES} TO tenantgate;",
+               dbname="acme")
+    yield
+    pg.run_sql(f"DROP TABLE IF EXISTS {PGBENCH_TABLES};", dbname="acme")
+
+
+def reset_pgbench(pg) -> None:
+    pg.run_sql("UPDATE pgbench_accounts SET abalance = 0 WHERE abalance <> 0;\n"
+               "UPDATE pgbench_tellers SET tbalance = 0;\n"
+               "UPDATE pgbench_branches SET bbalance = 0;\n"
+               "TRUNCATE pgbench_history;", dbname="acme")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", ["simple", "extended", "prepared"])
+def test_pgbench_through_the_proxy(proxy, pg, pgbench_tables, mode) -> None:
+    reset_pgbench(pg)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env["PGPASSWORD"] = APP
+    done = subprocess.run([pg.bin("pgbench"), "-h", proxy.host, "-p", str(proxy.port),
+                           "-U", "app.acme", "-c", "16", "-j", "2", "-T", "5", "-n",
+                           "-M", mode, "app"],
+                          capture_output=True, text=True, env=env, timeout=90)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert re.search(r"^number of failed transactions: 0 \(", output, re.M), output
+    processed = int(re.search(r"^number of transactions actually processed: (\d+)",
+                              output, re.M).group(1))
+    assert processed > 0
+    # every committed pgbench transaction updated three balances and wrote one history row
+    sums = backend_query(pg, "acme",
+                         "SELECT (SELECT count(*) FROM pgbench_history), "
+                         "(SELECT coalesce(sum(delta), 0) FROM pgbench_history), "
+                         "(SELECT sum(abalance) FROM pgbench_accounts), "
+                         "(SELECT sum(tbalance) FROM pgbench_tellers), "
+                         "(SELECT sum(bbalance) FROM pgbench_branches)")
+    history_rows, delta, accounts, tellers, branches = sums[0]
+    assert history_rows == processed
+    assert delta == accounts == tellers == branches
