@@ -91,6 +91,8 @@ class App:
         await self.listener.start()
         host, port = self.config.listen
         self.log.info("listening", host=host, port=port)
+        if self.config.metrics is not None:
+            self.log.warning("the metrics endpoint is not built yet; `metrics:` is ignored")
         print(f"tenantgate: listening on {host}:{port}", flush=True)
         expiry = asyncio.get_running_loop().create_task(self._expire_idle())
         try:

@@ -38,7 +38,7 @@ def banner(info: SampleInfo, pg: LocalPostgres, port: int, config_path: str) -> 
         lines.append(f'  psql "postgresql://app.{tenant}:{app}@127.0.0.1:{port}/app"'
                      f"   # {tenant}: schema strategy ({info.shared_database}.{tenant})")
     lines += [
-        "Bypass login (no isolation, audited):",
+        "Bypass login (no isolation):",
         f'  psql "postgresql://migrator:{info.password("migrator")}@127.0.0.1:{port}/'
         f'{info.shared_database}"',
         "",

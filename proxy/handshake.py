@@ -96,6 +96,10 @@ async def start_session(session, startup: StartupMessage) -> None:
     session.params = dict(session.startup_params)
     session.login = login_name
     plan = plan_session(config, user, tenant, params.get("database", params["user"]))
+    if plan.strategy == "row":
+        # Fail closed until the row strategy's RLS checks and rewriting exist.
+        raise FatalError("the row strategy is not available yet", sqlstate="0A000",
+                         rule="row-strategy")
     session.plan = plan
     session.pool = app.pool_for(plan)
     app.admit(session, tenant)

@@ -214,3 +214,13 @@ async def test_bypass_login_reaches_shared_and_both_schemas(proxy) -> None:
 async def test_bypass_login_wrong_password(proxy) -> None:
     err = await refused(proxy, "migrator", "wrong", "shared")
     assert err.sqlstate == "28P01"
+
+
+async def test_row_tenant_is_refused_until_the_row_strategy_exists(proxy_factory, pg) -> None:
+    """Fail closed: without RLS checks and rewriting a row tenant would see every row."""
+    row_proxy = proxy_factory(extra_tenants=(
+        'initech: {strategy: row, cluster: main, database: shared, key: "initech"}\n'))
+    err = await refused(row_proxy, "app.initech", "app-secret")
+    assert err.sqlstate == "0A000"
+    assert "row strategy" in str(err)
+    assert await fetch_one(row_proxy, "app.acme", "app-secret", "SELECT current_database()") == "acme"

@@ -486,3 +486,11 @@ def test_load_config_reads_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(str(missing), {})
     assert str(info.value) == f"{missing}: cannot read the configuration: No such file or directory"
+
+
+def test_docker_sidecar_config_loads() -> None:
+    """docker/tenantgate.yaml cannot be run here (no Docker engine), but it must be valid."""
+    env = {"MAIN_DB_PASSWORD": "x", "APP_PASSWORD": "y", "MIGRATOR_PASSWORD": "z"}
+    cfg = load_config(str(ROOT / "docker" / "tenantgate.yaml"), env)
+    assert cfg.users["app"].tenants == ("*",)
+    assert cfg.clusters and all(t.cluster in cfg.clusters for t in cfg.tenants.values())
