@@ -12,24 +12,19 @@ client leaves (session pooling).
 from __future__ import annotations
 
 import asyncio
-import collections
 
-from proxy.errors import (AdminShutdown, ConnectionUnavailable, FatalError, ProtocolViolation,
-                          ProxyError)
+from proxy.errors import AdminShutdown, FatalError, ProtocolViolation, ProxyError
+from proxy.extended import ExtendedQuery
 from proxy.pool.lease import checkout, is_ready_for
 from proxy.protocol import messages as m
 from proxy.protocol.framing import MessageReader, StartupReader
-from proxy.replies import BOUND, CLOSED, DESCRIBED, EXECUTED, PARSED, READY, ReplyTracker
+from proxy.refusals import raise_sql
+from proxy.relay import IDLE, ReplyRelay
+from proxy.replies import READY, ReplyTracker
 from proxy.sql.scope import SettingChange
-from proxy.statements import make_statement
-
-# Settings whose drift (ParameterStatus) means the proxy and server no longer lex SQL alike.
-PINNED_REPORTED = {"client_encoding": "UTF8", "standard_conforming_strings": "on"}
-COMPLETIONS = frozenset(PARSED + BOUND + CLOSED + EXECUTED + DESCRIBED)
-IDLE = ord("I")
 
 
-class ClientSession(asyncio.Protocol):
+class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
     def __init__(self, app) -> None:
         self.app = app
         self.transport: asyncio.Transport | None = None
@@ -198,135 +193,6 @@ class ClientSession(asyncio.Protocol):
         if decision.session_state:
             self.server.dirty = True
 
-    def _on_parse(self, raw: bytes) -> None:
-        parse = m.decode_parse(raw)
-        decision = self._analyze(parse.query)
-        if decision.action == "deny":
-            self._refuse_extended(decision.error)
-            return
-        query = parse.query if decision.action == "allow" else decision.sql
-        if parse.name and self._can_defer_parse(decision):
-            # Prepared lazily where it is used: a Parse+Sync (libpq's PQprepare) then
-            # needs no server connection, so clients waiting for one cannot deadlock.
-            self._register_named(parse.name, make_statement(query, parse.param_oids))
-            return
-        if not self._ensure_server(m.PARSE, raw):
-            return
-        self.unsynced_settings.extend(decision.settings)
-        if decision.session_state:
-            self.server.dirty = True
-        if self.session_pooling:
-            self._send_extended(raw if decision.action == "allow" else
-                                m.parse(parse.name, query, parse.param_oids), PARSED)
-        elif parse.name:
-            self._parse_named(parse.name, make_statement(query, parse.param_oids))
-        else:
-            self.unnamed = make_statement(query, parse.param_oids)
-            self.unnamed.parse_message = m.parse("", query, parse.param_oids)
-            self._send_extended(self.unnamed.parse_message, PARSED)
-            self.server.unnamed_owner = self.unnamed
-
-    def _can_defer_parse(self, decision) -> bool:
-        return (not self.session_pooling and self.server is None and self.leasing is None
-                and not decision.settings and not decision.session_state)
-
-    def _register_named(self, name: str, statement) -> bool:
-        """Record a client's named statement and answer ParseComplete for the server."""
-        if name in self.statements:
-            self._refuse_extended(ProxyError(
-                f'prepared statement "{name}" already exists', sqlstate="42P05"))
-            return False
-        self.statements[name] = statement
-        self._client_out.append(m.parse_complete())
-        return True
-
-    def _parse_named(self, name: str, statement) -> None:
-        if name in self.statements:
-            self._refuse_extended(ProxyError(
-                f'prepared statement "{name}" already exists', sqlstate="42P05"))
-            return
-        self.statements[name] = statement
-        self.unsynced = True
-        if self.server.statements.has(statement.server_name):
-            self._answer(m.parse_complete())
-        else:
-            self._prepare_on_server(statement, swallow=False)
-
-    def _prepare_on_server(self, statement, swallow: bool) -> None:
-        self._send(statement.parse_message)
-        self.tracker.expect(PARSED, swallow=swallow)
-        evicted = self.server.statements.add(statement.server_name)
-        if evicted is not None:
-            self._send(m.close_statement(evicted))
-            self.tracker.expect(CLOSED, swallow=True)
-
-    def _statement_for(self, name: str):
-        """The server-side name for a client statement, preparing it here if needed."""
-        if not name:
-            if self.unnamed is not None and self.server.unnamed_owner is not self.unnamed:
-                self._send(self.unnamed.parse_message)
-                self.tracker.expect(PARSED, swallow=True)
-                self.server.unnamed_owner = self.unnamed
-            return ""
-        statement = self.statements.get(name)
-        if statement is None:
-            return None  # the server reports the unknown name
-        if not self.server.statements.has(statement.server_name):
-            self._prepare_on_server(statement, swallow=True)
-        return statement.server_name
-
-    def _on_bind(self, raw: bytes) -> None:
-        if not self._ensure_server(m.BIND, raw):
-            return
-        if not self.session_pooling:
-            bind = m.decode_bind(raw)
-            server_name = self._statement_for(bind.statement)
-            if server_name:
-                raw = m.rename_bind(raw, bind.portal, server_name)
-        self._send_extended(raw, BOUND)
-
-    def _on_describe(self, raw: bytes) -> None:
-        if not self._ensure_server(m.DESCRIBE, raw):
-            return
-        kind, name = m.decode_describe(raw)
-        if kind == "S" and not self.session_pooling:
-            server_name = self._statement_for(name)
-            if server_name:
-                raw = m.describe("S", server_name)
-        self._send_extended(raw, DESCRIBED)
-
-    def _on_execute(self, raw: bytes) -> None:
-        if self._ensure_server(m.EXECUTE, raw):
-            self._send_extended(raw, EXECUTED)
-
-    def _on_close(self, raw: bytes) -> None:
-        kind, name = m.decode_close(raw)
-        if kind == "S" and not self.session_pooling:
-            # Statements stay prepared on the server (others may share them); the
-            # client's name is forgotten and the proxy answers for the server.
-            if name:
-                self.statements.pop(name, None)
-            else:
-                self.unnamed = None
-            self.unsynced = True
-            self._answer(m.close_complete())
-        elif self._ensure_server(m.CLOSE, raw):
-            self._send_extended(raw, CLOSED)
-
-    def _on_sync(self, raw: bytes) -> None:
-        if self.server is None and self.tracker.idle:
-            self.unsynced = False
-            self._client_out.append(m.ready_for_query(bytes([self.tx_status])))
-            return
-        if self._ensure_server(m.SYNC, raw):
-            self._forward_sync()
-
-    def _forward_sync(self) -> None:
-        self._send(m.sync())
-        self.tracker.expect(READY, settings=tuple(self.unsynced_settings))
-        self.unsynced_settings.clear()
-        self.unsynced = False
-
     def _on_flush(self, raw: bytes) -> None:
         if self.server is not None:
             self._send(raw)
@@ -340,11 +206,6 @@ class ClientSession(asyncio.Protocol):
         self.closed = True
         self._give_back_server(clean=True)
         self.transport.close()
-
-    def _send_extended(self, raw: bytes, replies: tuple[int, ...]) -> None:
-        self._send(raw)
-        self.tracker.expect(replies)
-        self.unsynced = True
 
     def _send(self, raw: bytes) -> None:
         self._server_out.append(raw)
@@ -376,21 +237,6 @@ class ClientSession(asyncio.Protocol):
         # transaction is aborted too and a later COMMIT cannot commit partial work.
         self._send(m.query(raise_sql(error)))
         self.tracker.expect(READY)
-
-    def _refuse_extended(self, error: ProxyError) -> None:
-        self.app.refused(self, error)
-        self.skip_to_sync = True
-        if self._can_answer_directly():
-            self.refused_directly = True
-            self._client_out.append(m.error_response(error.fields()))
-            return
-        self._send(m.parse("", raise_sql(error)))
-        self.tracker.expect(PARSED, swallow=True)
-        self._send(m.bind("", ""))
-        self.tracker.expect(BOUND, swallow=True)
-        self._send(m.execute("", 0))
-        self.tracker.expect(EXECUTED)
-        self.server.unnamed_owner = None
 
     # -- leasing ----------------------------------------------------------------------
 
@@ -451,94 +297,6 @@ class ClientSession(asyncio.Protocol):
             self.pool.discard(conn)
         self.tracker = ReplyTracker()
 
-    # -- server replies ---------------------------------------------------------------
-
-    def _server_data(self, data: bytes) -> None:
-        try:
-            scanner = self.server.scanner
-            replies = scanner.scan(data)
-        except ProxyError as exc:
-            self.fail(exc)
-            return
-        out = self._client_out
-        position = 0
-        rewrite = False
-        for reply in replies:
-            mtype = reply.type
-            swallow = False
-            if mtype in COMPLETIONS:
-                swallow = self.tracker.on_completion(mtype)
-            elif mtype == m.READY_FOR_QUERY:
-                self._on_ready(reply.raw)
-            elif mtype == m.ERROR_RESPONSE:
-                self.tracker.on_error()
-            elif mtype == m.PARAMETER_STATUS and not self._parameter_ok(reply.raw):
-                return
-            synthetic = self.tracker.take_synthetic() if self.tracker.queue else b""
-            if swallow or synthetic or reply.start < 0 or rewrite:
-                rewrite = True
-                if reply.start >= 0:
-                    out.append(data[position:reply.start])
-                if not swallow:
-                    out.append(reply.raw)
-                out.append(synthetic)
-                position = reply.end
-        held = scanner.pending_start
-        end = held if held >= 0 else len(data)
-        if not rewrite and end == len(data):
-            out.append(data)
-        else:
-            out.append(data[position:end])
-        self._flush()
-        if self.server is not None and self._may_release():
-            self._release()
-
-    def _on_ready(self, raw: bytes) -> None:
-        self.tx_status = raw[5]
-        entry = self.tracker.on_ready()
-        if entry is not None and entry.settings and not entry.failed:
-            self._apply_settings(entry.settings)
-
-    def _apply_settings(self, changes) -> None:
-        """Remember the client's SET/RESET so they are restored on its next lease."""
-        for change in changes:
-            if change.local:
-                continue
-            if change.name == "*":
-                self.params = dict(self.startup_params)
-                self.server.dirty = True
-            elif change.value is None:
-                self.params.pop(change.name, None)
-                if change.name in self.startup_params:
-                    self.params[change.name] = self.startup_params[change.name]
-                self.server.dirty = True
-            else:
-                self.params[change.name] = change.value
-                self.server.applied_params[change.name] = change.value
-
-    def _parameter_ok(self, raw: bytes) -> bool:
-        name, value = m.decode_parameter_status(raw)
-        pinned = PINNED_REPORTED.get(name)
-        if pinned is not None and value != pinned:
-            self.fail(ProtocolViolation(f"server setting {name} changed to {value!r}",
-                                        rule="pinned-setting"))
-            return False
-        return True
-
-    def _may_release(self) -> bool:
-        return (not self.session_pooling and self.tx_status == IDLE and self.tracker.idle
-                and not self.unsynced)
-
-    def _release(self) -> None:
-        conn, self.server = self.server, None
-        self.pool.release(conn)
-        if self.app.draining:
-            self.fail(AdminShutdown("terminating connection due to administrator command"))
-
-    def _server_lost(self) -> None:
-        self.server = None
-        self.fail(ConnectionUnavailable("server closed the connection unexpectedly"))
-
     def fail_shutdown(self) -> None:
         self.fail(AdminShutdown("terminating connection due to administrator command"))
 
@@ -550,17 +308,6 @@ class ClientSession(asyncio.Protocol):
     @property
     def active_server(self):
         return self.server
-
-
-def raise_sql(error: ProxyError) -> str:
-    """A statement that makes the server raise `error` (aborting its transaction)."""
-    message = error.message.replace("$tenantgate$", "")
-    return (f"DO $tenantgate$BEGIN RAISE EXCEPTION USING ERRCODE = '{error.sqlstate}', "
-            f"MESSAGE = {_literal(message)}; END$tenantgate$")
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _as_fatal(error: ProxyError) -> ProxyError:

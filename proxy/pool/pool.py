@@ -37,8 +37,11 @@ class Pool:
     def take_idle(self, context_key: tuple) -> ServerConnection | None:
         """An idle connection without waiting, preferring one already in `context_key`'s state."""
         idle = self.idle
+        while idle and idle[-1].closed:  # the server went away while it sat in the pool
+            self.discard(idle.pop())
         for index in range(len(idle) - 1, max(len(idle) - 1 - AFFINITY_SCAN, -1), -1):
-            if idle[index].context_key == context_key and not idle[index].dirty:
+            conn = idle[index]
+            if conn.context_key == context_key and not conn.dirty and not conn.closed:
                 return idle.pop(index)
         return idle.pop() if idle else None
 

@@ -87,9 +87,14 @@ class ServerConnection(asyncio.Protocol):
         if self._ssl_reply is not None and not self._ssl_reply.done():
             self._ssl_reply.set_result(data)
             return
-        self._reader.feed(data)
-        while (message := self._reader.next()) is not None:
-            self._inbox.append(message)
+        try:
+            self._reader.feed(data)
+            while (message := self._reader.next()) is not None:
+                self._inbox.append(message)
+        except ProxyError as exc:  # a server that breaks framing is not used again
+            self._wake(exc)
+            self.close()
+            return
         self._wake(None)
 
     def _wake(self, error: Exception | None) -> None:

@@ -1,0 +1,106 @@
+"""Relaying a server's replies to the client: by length, looking only at what ends a request.
+
+ReadyForQuery tells when the lease may end and which settings took effect, errors and
+completions advance the session's `ReplyTracker` (which also cuts the replies the proxy
+asked for itself and places its own answers), and ParameterStatus is checked for drift
+of the settings that change how SQL is lexed. Mixed into `ClientSession`.
+"""
+
+from __future__ import annotations
+
+from proxy.errors import AdminShutdown, ConnectionUnavailable, ProtocolViolation, ProxyError
+from proxy.protocol import messages as m
+from proxy.replies import PARSED, BOUND, CLOSED, EXECUTED, DESCRIBED
+
+# Settings whose drift (ParameterStatus) means the proxy and server no longer lex SQL alike.
+PINNED_REPORTED = {"client_encoding": "UTF8", "standard_conforming_strings": "on"}
+COMPLETIONS = frozenset(PARSED + BOUND + CLOSED + EXECUTED + DESCRIBED)
+IDLE = ord("I")
+
+
+class ReplyRelay:
+    def _server_data(self, data: bytes) -> None:
+        try:
+            scanner = self.server.scanner
+            replies = scanner.scan(data)
+        except ProxyError as exc:
+            self.fail(exc)
+            return
+        out = self._client_out
+        position = 0
+        rewrite = False
+        for reply in replies:
+            mtype = reply.type
+            swallow = False
+            if mtype in COMPLETIONS:
+                swallow = self.tracker.on_completion(mtype)
+            elif mtype == m.READY_FOR_QUERY:
+                self._on_ready(reply.raw)
+            elif mtype == m.ERROR_RESPONSE:
+                self.tracker.on_error()
+            elif mtype == m.PARAMETER_STATUS and not self._parameter_ok(reply.raw):
+                return
+            synthetic = self.tracker.take_synthetic() if self.tracker.queue else b""
+            if swallow or synthetic or reply.start < 0 or rewrite:
+                rewrite = True
+                if reply.start >= 0:
+                    out.append(data[position:reply.start])
+                if not swallow:
+                    out.append(reply.raw)
+                out.append(synthetic)
+                position = reply.end
+        held = scanner.pending_start
+        end = held if held >= 0 else len(data)
+        if not rewrite and end == len(data):
+            out.append(data)
+        else:
+            out.append(data[position:end])
+        self._flush()
+        if self.server is not None and self._may_release():
+            self._release()
+
+    def _on_ready(self, raw: bytes) -> None:
+        self.tx_status = raw[5]
+        entry = self.tracker.on_ready()
+        if entry is not None and entry.settings and not entry.failed:
+            self._apply_settings(entry.settings)
+
+    def _apply_settings(self, changes) -> None:
+        """Remember the client's SET/RESET so they are restored on its next lease."""
+        for change in changes:
+            if change.local:
+                continue
+            if change.name == "*":
+                self.params = dict(self.startup_params)
+                self.server.dirty = True
+            elif change.value is None:
+                self.params.pop(change.name, None)
+                if change.name in self.startup_params:
+                    self.params[change.name] = self.startup_params[change.name]
+                self.server.dirty = True
+            else:
+                self.params[change.name] = change.value
+                self.server.applied_params[change.name] = change.value
+
+    def _parameter_ok(self, raw: bytes) -> bool:
+        name, value = m.decode_parameter_status(raw)
+        pinned = PINNED_REPORTED.get(name)
+        if pinned is not None and value != pinned:
+            self.fail(ProtocolViolation(f"server setting {name} changed to {value!r}",
+                                        rule="pinned-setting"))
+            return False
+        return True
+
+    def _may_release(self) -> bool:
+        return (not self.session_pooling and self.tx_status == IDLE and self.tracker.idle
+                and not self.unsynced)
+
+    def _release(self) -> None:
+        conn, self.server = self.server, None
+        self.pool.release(conn)
+        if self.app.draining:
+            self.fail(AdminShutdown("terminating connection due to administrator command"))
+
+    def _server_lost(self) -> None:
+        self.server = None
+        self.fail(ConnectionUnavailable("server closed the connection unexpectedly"))
