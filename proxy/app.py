@@ -122,9 +122,13 @@ class App:
             if config.clusters.get(key[0]) != pool.cluster:
                 pool.close()  # connections are closed as their clients release them
                 del self.pools[key]
-        self.config = config
+        old, self.config = self.config, config
         self.analyzer = Analyzer(ttl=config.cache_ttl)
-        self.log.info("configuration reloaded", tenants=len(config.tenants))
+        stale = [session for session in self.sessions if _changed_for(session, old, config)]
+        for session in stale:
+            session.retire()
+        self.log.info("configuration reloaded", tenants=len(config.tenants),
+                      clients_to_reconnect=len(stale))
 
     def drain(self) -> None:
         """SIGTERM/SIGINT: refuse new clients, let open transactions finish, then stop."""
@@ -138,6 +142,17 @@ class App:
         if not self.sessions:
             self.stopped.set()
         asyncio.get_running_loop().call_later(self.config.shutdown_timeout, self.stopped.set)
+
+
+def _changed_for(session, old: Config, new: Config) -> bool:
+    """Whether a client's login, tenant or cluster is configured differently now."""
+    if session.plan is None:
+        return False
+    return (old.users.get(session.login) != new.users.get(session.login)
+            or old.tenants.get(session.tenant) != new.tenants.get(session.tenant)
+            or old.clusters.get(session.plan.cluster) != new.clusters.get(session.plan.cluster)
+            or (old.pool_mode, old.isolation_level, old.shared_schemas)
+            != (new.pool_mode, new.isolation_level, new.shared_schemas))
 
 
 async def _main(config: Config) -> int:

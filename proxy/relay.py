@@ -58,6 +58,8 @@ class ReplyRelay:
         self._flush()
         if self.server is not None and self._may_release():
             self._release()
+        elif (self.app.draining or self.retiring) and self.idle():
+            self.fail(AdminShutdown(self._shutdown_reason()))
 
     def _on_ready(self, raw: bytes) -> None:
         self.tx_status = raw[5]
@@ -98,8 +100,8 @@ class ReplyRelay:
     def _release(self) -> None:
         conn, self.server = self.server, None
         self.pool.release(conn)
-        if self.app.draining:
-            self.fail(AdminShutdown("terminating connection due to administrator command"))
+        if self.app.draining or self.retiring:
+            self.fail(AdminShutdown(self._shutdown_reason()))
 
     def _server_lost(self) -> None:
         self.server = None

@@ -47,6 +47,7 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
         self.startup_params: dict[str, str] = {}
         self.cancel_key: tuple[int, bytes] | None = None
         self.session_pooling = False
+        self.retiring = False  # closed at its next idle point (config reload)
         self.refuse_at_connect: ProxyError | None = None  # set by the listener when full
         self.counted_tenant: str | None = None  # the tenant whose quota this client uses
         # Relay state:
@@ -298,12 +299,23 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
         self.tracker = ReplyTracker()
 
     def fail_shutdown(self) -> None:
-        self.fail(AdminShutdown("terminating connection due to administrator command"))
+        self.fail(AdminShutdown(self._shutdown_reason()))
+
+    def retire(self) -> None:
+        """The client's configuration changed: close it now if idle, else after this transaction."""
+        self.retiring = True
+        if self.idle():
+            self.fail_shutdown()
+
+    def _shutdown_reason(self) -> str:
+        if self.retiring and not self.app.draining:
+            return "the configuration of this login or tenant changed; reconnect"
+        return "terminating connection due to administrator command"
 
     def idle(self) -> bool:
         """No request in flight and no transaction open (the drain may close it)."""
-        return (self.relaying and self.server is None and self.leasing is None
-                and self.tracker.idle)
+        return (self.relaying and self.leasing is None and self.tracker.idle
+                and self.tx_status == IDLE and (self.server is None or self.session_pooling))
 
     @property
     def active_server(self):

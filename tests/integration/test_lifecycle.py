@@ -76,6 +76,32 @@ def test_sighup_removes_a_tenant_for_new_connections(pg, sample, proxy_factory):
     assert try_items(proxy, "app.acme") == sample_items("acme")
 
 
+def test_sighup_closes_clients_of_a_removed_tenant_after_their_transaction(pg, sample,
+                                                                          proxy_factory):
+    """An existing client must not keep acting for a tenant the config no longer has."""
+    proxy = proxy_factory()
+    idle_client = proxy.connect("app.umbrella", APP)
+    busy_client = proxy.connect("app.umbrella", APP)
+    other = proxy.connect("app.acme", APP)
+    busy_client.execute("BEGIN")
+    busy_client.execute("UPDATE items SET name = name WHERE id = 1")
+    text = sample.config_yaml(pg, proxy.port)
+    proxy.write_config("\n".join(ln for ln in text.splitlines()
+                                 if not ln.startswith("  umbrella:")) + "\n")
+    mark = proxy.log_mark()
+    proxy.reload()
+    proxy.wait_for_log(r"configuration reloaded", since=mark)
+    busy_client.execute("UPDATE items SET name = name WHERE id = 2")  # its transaction goes on
+    busy_client.execute("COMMIT")
+    for client in (idle_client, busy_client):
+        with pytest.raises(psycopg.OperationalError) as info:
+            client.execute("SELECT 1")
+        assert "changed" in str(info.value)
+        client.close()
+    assert items(other) == sample_items("acme")
+    other.close()
+
+
 def bad_config(good: str, kind: str) -> tuple[str, int]:
     """`good` with one error; the text and the 1-based line the error is on."""
     lines = good.splitlines()
