@@ -205,14 +205,15 @@ class Services:
 
     # -- tenantgate ---------------------------------------------------------------------------
 
-    def start_tenantgate(self) -> Target:
+    def start_tenantgate(self, max_client_conn: int) -> Target:
         """`python -m proxy run` with the sample config (transaction mode, same pool size)."""
         home = self.tmp / "tenantgate"
         home.mkdir()
         port = free_port()
         config = home / "tenantgate.yaml"
         config.write_text(self.info.config_yaml(self.pg, port, pool_mode="transaction",
-                                                pool_size=self.pool_size))
+                                                pool_size=self.pool_size,
+                                                extra=f"max_client_connections: {max_client_conn}"))
         log = home / "tenantgate.out"
         env = dict(os.environ, TENANTGATE_LOG_LEVEL=os.environ.get("TENANTGATE_LOG_LEVEL",
                                                                    "warning"))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import difflib
 import math
 import os
 import re
@@ -21,10 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
-from yaml.constructor import SafeConstructor
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.nodes import Node
 
 from proxy.errors import ConfigError
+from proxy.yamlreader import NAME_MAX_BYTES, YamlReader, parse_address, suggest  # noqa: F401
 
 Address = tuple[str, int]
 
@@ -129,7 +128,6 @@ STRATEGIES = ("database", "schema", "row")
 RESOLVE_SOURCES = ("user_suffix", "login", "database", "options", "sni")
 AUTH_METHODS = ("scram", "md5", "plain", "trust")
 UNKNOWN_TENANT_ACTIONS = ("reject",)
-NAME_MAX_BYTES = 63  # NAMEDATALEN - 1: longer names are truncated by PostgreSQL
 
 _TOP_KEYS = ("listen", "metrics", "pool_mode", "isolation_level", "tls", "clusters", "users",
              "resolve", "user_separator", "row", "tenants", "unknown_tenant", "shared_schemas",
@@ -147,9 +145,6 @@ _STRATEGY_KEYS = {"database": ((), ()), "schema": (("schema",), ("role",)),
 _SCRAM_RE = re.compile(
     r"SCRAM-SHA-256\$([0-9]{1,9}):([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+):([A-Za-z0-9+/=]+)")
 _MD5_RE = re.compile(r"md5[0-9a-fA-F]{32}")  # as proxy.protocol.auth reads it
-_VAR_RE = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
-_VAR_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_PORT_RE = re.compile(r"[0-9]{1,5}")
 
 
 def password_kind(password: str) -> str:
@@ -159,20 +154,6 @@ def password_kind(password: str) -> str:
     if _MD5_RE.fullmatch(password):
         return "md5"
     return "plain"
-
-
-def parse_address(text: str) -> Address:
-    """`host:port` (IPv6 as `[::1]:port`) → (host, port); ValueError says what is wrong."""
-    host, sep, port = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError('an IPv6 host needs brackets, as in "[::1]:6432"')
-    if not sep or not host or any(c.isspace() for c in host):
-        raise ValueError('expected "host:port"')
-    if not _PORT_RE.fullmatch(port) or not 1 <= int(port) <= 65535:
-        raise ValueError("the port must be a number from 1 to 65535")
-    return host, int(port)
 
 
 def _scram_problem(verifier: str) -> str | None:
@@ -211,7 +192,7 @@ def load_config(path: str, env: Mapping[str, str] | None = None) -> Config:
 def parse_config(text: str, path: str, env: Mapping[str, str] | None = None) -> Config:
     """Validate YAML `text` (read from `path`, named in errors) into a Config snapshot."""
     env = os.environ if env is None else env
-    reader = _Reader(path, env)
+    reader = YamlReader(path, env)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -224,192 +205,13 @@ def parse_config(text: str, path: str, env: Mapping[str, str] | None = None) -> 
     return _apply_env(_build(reader, root), env)
 
 
-# --- typed access to YAML nodes ----------------------------------------------------------
-
-def _describe(value: Any) -> str:
-    if value is None:
-        return "null (no value)"
-    if isinstance(value, bool):
-        return f"the boolean {str(value).lower()}"
-    if isinstance(value, (int, float)):
-        return f"the number {value}"
-    if isinstance(value, str):
-        return f"the string {value!r}"
-    return {list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
-
-
-def _suggest(word: str, choices: Any) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _at(where: str) -> str:
-    return f"{where}: " if where else ""
-
-
-class _Reader:
-    """Typed access to composed YAML nodes; every failure is a ConfigError at the node's line."""
-
-    def __init__(self, path: str, env: Mapping[str, str]) -> None:
-        self.path = path
-        self.env = env
-        self._constructor = SafeConstructor()
-        self._resolver = yaml.resolver.Resolver()
-
-    def error(self, message: str, node: Node | None) -> ConfigError:
-        line = node.start_mark.line + 1 if node is not None else None
-        return ConfigError(message, path=self.path, line=line)
-
-    def yaml_error(self, exc: yaml.MarkedYAMLError) -> ConfigError:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        return ConfigError(f"invalid YAML: {exc.problem or exc.context}", path=self.path, line=line)
-
-    def mapping(self, node: Node, where: str, allowed: tuple[str, ...] | None
-                ) -> dict[str, tuple[Node, Node]]:
-        """key → (key node, value node); unknown and duplicate keys are errors."""
-        if not isinstance(node, MappingNode):
-            got = _describe(self.value(node))
-            raise self.error(f"{_at(where)}expected a mapping, got {got}", node)
-        items: dict[str, tuple[Node, Node]] = {}
-        for key, value in node.value:
-            name = self.key(key, where)
-            if allowed is not None and name not in allowed:
-                raise self.error(f"{_at(where)}unknown key '{name}'{_suggest(name, allowed)}", key)
-            if name in items:
-                first = items[name][0].start_mark.line + 1
-                raise self.error(f"{_at(where)}duplicate key '{name}' "
-                                 f"(first given on line {first})", key)
-            items[name] = (key, value)
-        return items
-
-    def key(self, node: Node, where: str) -> str:
-        if node.tag == "tag:yaml.org,2002:merge":
-            raise self.error(f"{_at(where)}YAML merge keys (<<) are not supported", node)
-        if not isinstance(node, ScalarNode) or not node.value:
-            raise self.error(f"{_at(where)}keys must be non-empty strings", node)
-        return node.value
-
-    def require(self, items: dict, keys: tuple[str, ...], where: str, owner: Node,
-                why: str = "") -> None:
-        for key in keys:
-            if key not in items:
-                raise self.error(f"{where}: missing required key '{key}'{why}", owner)
-
-    def value(self, node: Node) -> Any:
-        """A scalar's value with ${VAR} expanded in strings; lists and mappings as empty ones."""
-        if isinstance(node, SequenceNode):
-            return []
-        if isinstance(node, MappingNode):
-            return {}
-        try:
-            value = self._constructor.construct_object(node)
-        except yaml.MarkedYAMLError as exc:
-            raise self.yaml_error(exc) from None
-        return self.expand(value, node) if isinstance(value, str) else value
-
-    def typed(self, node: Node) -> Any:
-        """Like value(), but a plain `${VAR}` scalar is typed after expansion, as YAML would."""
-        value = self.value(node)
-        if isinstance(value, str) and node.style is None and "${" in node.value:
-            tag = self._resolver.resolve(ScalarNode, value, (True, False))
-            value = self._constructor.construct_object(
-                ScalarNode(tag, value, node.start_mark, node.end_mark))
-        return value
-
-    def expand(self, text: str, node: Node) -> str:
-        def substitute(match: re.Match) -> str:
-            if match[0] == "$${":
-                return "${"
-            name = match[1]
-            if name is None:
-                raise self.error("unterminated ${ (write $${ for a literal ${)", node)
-            if not _VAR_NAME_RE.fullmatch(name):
-                raise self.error(f"bad environment variable name {name!r} in ${{...}}", node)
-            if name not in self.env:
-                raise self.error(f"environment variable {name} is not set", node)
-            return self.env[name]
-        return _VAR_RE.sub(substitute, text) if "$" in text else text
-
-    def string(self, node: Node, where: str) -> str:
-        value = self.value(node)
-        if not isinstance(value, str):
-            raise self.error(f"{where}: expected a string, got {_describe(value)}", node)
-        if not value:
-            raise self.error(f"{where}: must not be empty", node)
-        if "\x00" in value:
-            raise self.error(f"{where}: must not contain NUL", node)
-        return value
-
-    def name(self, node: Node, where: str) -> str:
-        """A database, schema, role, tenant or user name: stored as given (catalog form)."""
-        return self.check_name(self.string(node, where), where, node)
-
-    def check_name(self, name: str, where: str, node: Node) -> str:
-        if not name or "\x00" in name:
-            raise self.error(f"{where}: a name must be non-empty and contain no NUL", node)
-        if len(name.encode("utf-8")) > NAME_MAX_BYTES:
-            raise self.error(f"{where}: name {name[:20]!r}... is longer than "
-                             f"{NAME_MAX_BYTES} bytes", node)
-        return name
-
-    def secret(self, node: Node, where: str) -> str | None:
-        return None if self.value(node) is None else self.string(node, where)
-
-    def integer(self, node: Node, where: str) -> int:
-        value = self.typed(node)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(f"{where}: expected an integer, got {_describe(value)}", node)
-        if value < 1:
-            raise self.error(f"{where}: must be at least 1, got {value}", node)
-        return value
-
-    def seconds(self, node: Node, where: str, *, zero_ok: bool = False) -> float:
-        value = self.typed(node)
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not number or not math.isfinite(value):
-            raise self.error(f"{where}: expected a number of seconds, got {_describe(value)}", node)
-        if value < 0 or (value == 0 and not zero_ok):
-            raise self.error(f"{where}: must be {'at least' if zero_ok else 'more than'} 0", node)
-        return float(value)
-
-    def boolean(self, node: Node, where: str) -> bool:
-        value = self.typed(node)
-        if not isinstance(value, bool):
-            raise self.error(f"{where}: expected true or false, got {_describe(value)}", node)
-        return value
-
-    def choice(self, node: Node, where: str, choices: tuple[str, ...]) -> str:
-        value = self.value(node)
-        if not isinstance(value, str) or value not in choices:
-            hint = _suggest(value, choices) if isinstance(value, str) else ""
-            raise self.error(f"{where}: expected one of {' | '.join(choices)}, "
-                             f"got {_describe(value)}{hint}", node)
-        return value
-
-    def address(self, node: Node, where: str) -> Address:
-        text = self.string(node, where)
-        try:
-            return parse_address(text)
-        except ValueError as exc:
-            raise self.error(f"{where}: {exc}, got {text!r}", node) from None
-
-    def sequence(self, node: Node, where: str) -> list[Node]:
-        if not isinstance(node, SequenceNode):
-            raise self.error(f"{where}: expected a list, got {_describe(self.value(node))}", node)
-        return node.value
-
-    def names(self, node: Node, where: str) -> tuple[str, ...]:
-        return tuple(self.name(item, where) for item in self.sequence(node, where))
-
-
-def _fields(r: _Reader, items: dict, table: dict[str, Callable], where: str) -> dict[str, Any]:
+def _fields(r: YamlReader, items: dict, table: dict[str, Callable], where: str) -> dict[str, Any]:
     """Parse each present key with its reader from `table` (keys were already checked)."""
     return {key: table[key](r, value, f"{where}.{key}" if where else key)
             for key, (_, value) in items.items() if key in table}
 
 
-def _choice(choices: tuple[str, ...]) -> Callable[[_Reader, Node, str], str]:
+def _choice(choices: tuple[str, ...]) -> Callable[[YamlReader, Node, str], str]:
     return lambda r, node, where: r.choice(node, where, choices)
 
 
@@ -420,64 +222,64 @@ def _optional(read: Callable) -> Callable:
 # --- sections ----------------------------------------------------------------------------
 
 _TOP_FIELDS: dict[str, Callable] = {
-    "listen": _Reader.address,
-    "metrics": _optional(_Reader.address),
+    "listen": YamlReader.address,
+    "metrics": _optional(YamlReader.address),
     "pool_mode": _choice(POOL_MODES),
     "isolation_level": _choice(ISOLATION_LEVELS),
     "user_separator": lambda r, node, where: _separator(r, node, where),
     "unknown_tenant": _choice(UNKNOWN_TENANT_ACTIONS),
-    "shared_schemas": _Reader.names,
-    "max_client_connections": _Reader.integer,
-    "max_message_size": _Reader.integer,
+    "shared_schemas": YamlReader.names,
+    "max_client_connections": YamlReader.integer,
+    "max_message_size": YamlReader.integer,
     "shutdown_timeout": lambda r, node, where: r.seconds(node, where, zero_ok=True),
 }
 _CLUSTER_FIELDS: dict[str, Callable] = {
     "hosts": lambda r, node, where: tuple(r.address(h, where) for h in r.sequence(node, where)),
-    "user": _Reader.name,
-    "password": _Reader.secret,
-    "pool_size": _Reader.integer,
+    "user": YamlReader.name,
+    "password": YamlReader.secret,
+    "pool_size": YamlReader.integer,
     "tls": _choice(CLUSTER_TLS_MODES),
-    "tls_ca": _Reader.string,
-    "connect_timeout": _Reader.seconds,
-    "wait_timeout": _Reader.seconds,
-    "idle_timeout": _Reader.seconds,
-    "max_lifetime": _Reader.seconds,
+    "tls_ca": YamlReader.string,
+    "connect_timeout": YamlReader.seconds,
+    "wait_timeout": YamlReader.seconds,
+    "idle_timeout": YamlReader.seconds,
+    "max_lifetime": YamlReader.seconds,
 }
 _TENANT_FIELDS: dict[str, Callable] = {
     "strategy": _choice(STRATEGIES),
-    "cluster": _Reader.name,
-    "database": _Reader.name,
-    "schema": _Reader.name,
-    "role": _Reader.name,
+    "cluster": YamlReader.name,
+    "database": YamlReader.name,
+    "schema": YamlReader.name,
+    "role": YamlReader.name,
     "key": lambda r, node, where: _tenant_key(r, node, where),
-    "max_connections": _Reader.integer,
+    "max_connections": YamlReader.integer,
 }
 _USER_FIELDS: dict[str, Callable] = {
-    "password": _Reader.string,
+    "password": YamlReader.string,
     "auth": _choice(AUTH_METHODS),
-    "tenants": _Reader.names,
-    "tenant": _Reader.name,
-    "bypass": _Reader.boolean,
-    "cluster": _Reader.name,
-    "admin": _Reader.boolean,
+    "tenants": YamlReader.names,
+    "tenant": YamlReader.name,
+    "bypass": YamlReader.boolean,
+    "cluster": YamlReader.name,
+    "admin": YamlReader.boolean,
 }
 _TLS_FIELDS: dict[str, Callable] = {
-    "cert": _Reader.string, "key": _Reader.string, "mode": _choice(CLIENT_TLS_MODES)}
+    "cert": YamlReader.string, "key": YamlReader.string, "mode": _choice(CLIENT_TLS_MODES)}
 _ROW_FIELDS: dict[str, Callable] = {
-    "column": _Reader.name, "enforce": _choice(ROW_ENFORCE_MODES),
+    "column": YamlReader.name, "enforce": _choice(ROW_ENFORCE_MODES),
     "shared_tables": lambda r, node, where: tuple(
         _qualified(r, item, where) for item in r.sequence(node, where)),
 }
 
 
-def _separator(r: _Reader, node: Node, where: str) -> str:
+def _separator(r: YamlReader, node: Node, where: str) -> str:
     text = r.string(node, where)
     if any(c.isspace() for c in text):
         raise r.error(f"{where}: must not contain spaces", node)
     return text
 
 
-def _tenant_key(r: _Reader, node: Node, where: str) -> str:
+def _tenant_key(r: YamlReader, node: Node, where: str) -> str:
     """The row strategy's tenant column value: a string, or an integer taken as its text."""
     value = r.typed(node)
     if isinstance(value, int) and not isinstance(value, bool):
@@ -485,7 +287,7 @@ def _tenant_key(r: _Reader, node: Node, where: str) -> str:
     return r.string(node, where)
 
 
-def _qualified(r: _Reader, node: Node, where: str) -> str:
+def _qualified(r: YamlReader, node: Node, where: str) -> str:
     text = r.string(node, where)
     parts = text.split(".")
     if len(parts) != 2 or not all(parts):
@@ -496,7 +298,7 @@ def _qualified(r: _Reader, node: Node, where: str) -> str:
     return text
 
 
-def _build(r: _Reader, root: Node) -> Config:
+def _build(r: YamlReader, root: Node) -> Config:
     top = r.mapping(root, "", _TOP_KEYS)
     fields = _fields(r, top, _TOP_FIELDS, "")
     if "metrics" in top and fields["metrics"] == fields.get("listen", Config.listen):
@@ -516,7 +318,7 @@ def _build(r: _Reader, root: Node) -> Config:
     return Config(path=r.path, clusters=clusters, tenants=tenants, users=users, **fields)
 
 
-def _section(r: _Reader, top: dict, section: str, root: Node) -> dict[str, tuple[Node, Node]]:
+def _section(r: YamlReader, top: dict, section: str, root: Node) -> dict[str, tuple[Node, Node]]:
     """A mapping of named entries; clusters and users need at least one."""
     required = section in ("clusters", "users")
     if section not in top:
@@ -531,13 +333,13 @@ def _section(r: _Reader, top: dict, section: str, root: Node) -> dict[str, tuple
     return entries
 
 
-def _client_tls(r: _Reader, key: Node, node: Node) -> ClientTls:
+def _client_tls(r: YamlReader, key: Node, node: Node) -> ClientTls:
     items = r.mapping(node, "tls", _TLS_KEYS)
     r.require(items, ("cert", "key"), "tls", key)
     return ClientTls(**_fields(r, items, _TLS_FIELDS, "tls"))
 
 
-def _resolve(r: _Reader, node: Node, tls: ClientTls | None) -> tuple[str, ...]:
+def _resolve(r: YamlReader, node: Node, tls: ClientTls | None) -> tuple[str, ...]:
     sources: list[str] = []
     for item in r.sequence(node, "resolve"):
         source = r.choice(item, "resolve", RESOLVE_SOURCES)
@@ -551,7 +353,7 @@ def _resolve(r: _Reader, node: Node, tls: ClientTls | None) -> tuple[str, ...]:
     return tuple(sources)
 
 
-def _cluster(r: _Reader, name: str, key: Node, node: Node) -> Cluster:
+def _cluster(r: YamlReader, name: str, key: Node, node: Node) -> Cluster:
     where = f"clusters.{name}"
     items = r.mapping(node, where, _CLUSTER_KEYS)
     r.require(items, ("hosts", "user"), where, key)
@@ -563,21 +365,21 @@ def _cluster(r: _Reader, name: str, key: Node, node: Node) -> Cluster:
     return Cluster(name=name, **fields)
 
 
-def _cluster_ref(r: _Reader, items: dict, fields: dict, clusters: dict, where: str,
+def _cluster_ref(r: YamlReader, items: dict, fields: dict, clusters: dict, where: str,
                  owner: Node) -> str:
     """The named cluster (which must exist), or the only cluster when none is named."""
     if "cluster" in fields:
         name = fields["cluster"]
         if name not in clusters:
             raise r.error(f"{where}.cluster: there is no cluster '{name}'"
-                          f"{_suggest(name, clusters)}", items["cluster"][1])
+                          f"{suggest(name, clusters)}", items["cluster"][1])
         return name
     if len(clusters) == 1:
         return next(iter(clusters))
     raise r.error(f"{where}: 'cluster' is required when there is more than one cluster", owner)
 
 
-def _tenants(r: _Reader, top: dict, root: Node, clusters: dict[str, Cluster],
+def _tenants(r: YamlReader, top: dict, root: Node, clusters: dict[str, Cluster],
              shared_schemas: tuple[str, ...]) -> dict[str, Tenant]:
     tenants: dict[str, Tenant] = {}
     owners: dict[tuple, tuple[str, str]] = {}  # a database or a slot in one → first owner
@@ -592,7 +394,7 @@ def _tenants(r: _Reader, top: dict, root: Node, clusters: dict[str, Cluster],
     return tenants
 
 
-def _tenant(r: _Reader, name: str, key: Node, node: Node, clusters: dict) -> Tenant:
+def _tenant(r: YamlReader, name: str, key: Node, node: Node, clusters: dict) -> Tenant:
     where = f"tenants.{name}"
     items = r.mapping(node, where, _TENANT_KEYS)
     r.require(items, ("strategy",), where, key)
@@ -607,7 +409,7 @@ def _tenant(r: _Reader, name: str, key: Node, node: Node, clusters: dict) -> Ten
     return Tenant(name=name, **fields)
 
 
-def _claim(r: _Reader, owners: dict[tuple, tuple[str, str]], tenant: Tenant, key: Node) -> None:
+def _claim(r: YamlReader, owners: dict[tuple, tuple[str, str]], tenant: Tenant, key: Node) -> None:
     """A database-strategy tenant owns its database; schema and row tenants own a slot in one."""
     where, place = f"tenants.{tenant.name}", (tenant.cluster, tenant.database)
     first, first_strategy = owners.setdefault(place, (tenant.name, tenant.strategy))
@@ -625,7 +427,7 @@ def _claim(r: _Reader, owners: dict[tuple, tuple[str, str]], tenant: Tenant, key
                       f"database '{tenant.database}'", key)
 
 
-def _user(r: _Reader, name: str, key: Node, node: Node, clusters: dict[str, Cluster],
+def _user(r: YamlReader, name: str, key: Node, node: Node, clusters: dict[str, Cluster],
           tenants: dict[str, Tenant]) -> User:
     where = f"users.{name}"
     items = r.mapping(node, where, _USER_KEYS)
@@ -638,7 +440,7 @@ def _user(r: _Reader, name: str, key: Node, node: Node, clusters: dict[str, Clus
     return User(name=name, **fields)
 
 
-def _check_user_kind(r: _Reader, items: dict, fields: dict, where: str, key: Node) -> None:
+def _check_user_kind(r: YamlReader, items: dict, fields: dict, where: str, key: Node) -> None:
     if "tenant" in items and "tenants" in items:
         later = max(items["tenant"][0], items["tenants"][0], key=lambda n: n.start_mark.index)
         raise r.error(f"{where}: give either 'tenant' or 'tenants', not both", later)
@@ -652,19 +454,19 @@ def _check_user_kind(r: _Reader, items: dict, fields: dict, where: str, key: Nod
         raise r.error(f"{where}.cluster: only used by bypass logins", items["cluster"][0])
 
 
-def _check_user_tenants(r: _Reader, items: dict, fields: dict, tenants: dict, where: str) -> None:
+def _check_user_tenants(r: YamlReader, items: dict, fields: dict, tenants: dict, where: str) -> None:
     if "tenant" in fields and fields["tenant"] not in tenants:
         name = fields["tenant"]
-        raise r.error(f"{where}.tenant: there is no tenant '{name}'{_suggest(name, tenants)}",
+        raise r.error(f"{where}.tenant: there is no tenant '{name}'{suggest(name, tenants)}",
                       items["tenant"][1])
     for name, node in zip(fields.get("tenants", ()), r.sequence(items["tenants"][1], where)
                           if "tenants" in items else ()):
         if name != "*" and name not in tenants:
             raise r.error(f"{where}.tenants: there is no tenant '{name}'"
-                          f"{_suggest(name, tenants)}", node)
+                          f"{suggest(name, tenants)}", node)
 
 
-def _check_user_auth(r: _Reader, items: dict, fields: dict, where: str, key: Node) -> None:
+def _check_user_auth(r: YamlReader, items: dict, fields: dict, where: str, key: Node) -> None:
     auth, password = fields.get("auth", "scram"), fields.get("password")
     if auth == "trust":
         if password is not None:

@@ -1,0 +1,57 @@
+"""The benchmark scenarios (a)–(g): what each one runs and against which targets.
+
+A scenario is a pgbench workload run against every target, an idle-clients measurement of the
+poolers, or a placeholder that is reported as skipped, with its reason, in the table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from benchmarks.pgbench import Workload
+
+TARGETS = ("direct", "pgbouncer", "tenantgate")
+POOLERS = ("pgbouncer", "tenantgate")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    title: str
+    kind: str  # pgbench | idle | skipped
+    workload: Workload | None = None
+    vacuum: bool = False  # vacuum/truncate like pgbench does before each run (write scenarios)
+    skip_reason: str = ""
+    targets: tuple[str, ...] = TARGETS
+
+
+def all_scenarios(pool_size: int, idle_clients: int) -> dict[str, Scenario]:
+    """Every scenario by its letter, in the order they run."""
+    return {s.key: s for s in [
+        Scenario("a", "pgbench -S, simple protocol, 16 clients", "pgbench", Workload(16)),
+        Scenario("b", "pgbench -S -M prepared, 16 clients", "pgbench",
+                 Workload(16, protocol="prepared")),
+        Scenario("c", "pgbench TPC-B-like (default script), 16 clients", "pgbench",
+                 Workload(16, select_only=False), vacuum=True),
+        Scenario("d", "pgbench -S, 1 client (added latency per query)", "pgbench",
+                 Workload(1, threads=1)),
+        Scenario("e", f"pgbench -S, 500 clients over pool_size {pool_size}", "pgbench",
+                 Workload(500)),
+        Scenario("f", "row strategy (tenant_id column, RLS and/or rewrite)", "skipped",
+                 skip_reason="SKIPPED: the row strategy is not implemented yet "
+                             "(placeholder; DESIGN.md section 4)"),
+        Scenario("g", f"{idle_clients:,} authenticated idle clients: proxy RSS", "idle",
+                 targets=POOLERS),
+    ]}
+
+
+def select(scenarios: dict[str, Scenario], keys: str | None) -> list[Scenario]:
+    """The scenarios named in `--scenarios a,b,…` (all when None), in run order."""
+    if not keys:
+        return list(scenarios.values())
+    wanted = [k.strip().lower() for k in keys.split(",") if k.strip()]
+    unknown = [k for k in wanted if k not in scenarios]
+    if unknown:
+        raise ValueError(f"unknown scenario(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(scenarios)}")
+    return [s for k, s in scenarios.items() if k in wanted]
