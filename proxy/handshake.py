@@ -44,6 +44,7 @@ async def run_handshake(session) -> None:
 
 async def read_startup(session) -> StartupMessage | None:
     """The StartupMessage, after any SSL/GSS negotiation; None for a CancelRequest."""
+    negotiated: set[type] = set()
     while True:
         request = parse_startup(await session.next_startup_packet())
         if isinstance(request, StartupMessage):
@@ -57,18 +58,40 @@ async def read_startup(session) -> StartupMessage | None:
             return None
         if session.startup_reader.pending():
             # Bytes after SSLRequest before the TLS handshake (CVE-2021-3935).
-            raise ProtocolViolation("unexpected data after SSLRequest", rule="ssl-request")
-        if isinstance(request, SSLRequest) and session.app.ssl_context is not None:
-            await start_tls(session)
-        else:  # no TLS configured, or GSSENCRequest: answer N and wait for the next packet
-            session.write(b"N")
+            raise ProtocolViolation(f"unexpected data after {type(request).__name__}",
+                                    rule="ssl-request")
+        await negotiate_encryption(session, request, negotiated)
+
+
+async def negotiate_encryption(session, request, negotiated: set[type]) -> None:
+    """Answer SSLRequest ('S' and TLS when configured) or GSSENCRequest ('N'); each may come
+    once, and neither after TLS, as PostgreSQL allows (else the nested TLS never ends)."""
+    if session.tls or type(request) in negotiated:
+        raise ProtocolViolation(f"unexpected {type(request).__name__} during startup",
+                                rule="ssl-request")
+    negotiated.add(type(request))
+    if isinstance(request, SSLRequest) and session.app.ssl_context is not None:
+        await start_tls(session)
+    else:  # no TLS configured, or GSSENCRequest: answer N and wait for the next packet
+        session.write(b"N")
 
 
 async def start_tls(session) -> None:
+    """'S', then the server side of the TLS handshake on the client's transport.
+
+    After a failed handshake nothing can be said to the client (it expects TLS records),
+    so the connection is dropped and the failure only logged.
+    """
     session.write(b"S")
     loop = asyncio.get_running_loop()
-    session.transport = await loop.start_tls(session.transport, session,
-                                             session.app.ssl_context, server_side=True)
+    try:
+        session.transport = await loop.start_tls(session.transport, session,
+                                                 session.app.ssl_context, server_side=True)
+    except OSError as exc:  # ssl.SSLError, ConnectionResetError, ...
+        session.log.info("client TLS handshake failed", error=str(exc) or type(exc).__name__)
+        session.closed = True  # no plaintext ErrorResponse on a connection that expects TLS
+        session.transport.abort()
+        raise FatalError("TLS handshake failed", sqlstate="08P01", rule="tls-handshake") from None
     session.tls = True
 
 
@@ -82,7 +105,9 @@ async def start_session(session, startup: StartupMessage) -> None:
     if app.draining:
         raise FatalError("the proxy is shutting down", sqlstate="57P01")
     if config.tls is not None and config.tls.mode == "require" and not session.tls:
-        raise TenantRefused("TLS is required", rule="tls-required")
+        raise TenantRefused("TLS is required: this proxy refuses plaintext connections",
+                            rule="tls-required",
+                            hint="connect with sslmode=require (or verify-ca/verify-full)")
     login_name, suffix = split_user(params["user"], config)
     user = config.users.get(login_name)
     session.log = session.log.bind(login=login_name)
@@ -157,8 +182,9 @@ def client_parameters(session) -> dict[str, str]:
 
 
 def _server_name(session) -> str | None:
+    """The SNI server name the client sent in its TLS handshake (see listener.ClientSSLObject)."""
     ssl_object = session.transport.get_extra_info("ssl_object")
-    return getattr(ssl_object, "server_hostname", None) if ssl_object is not None else None
+    return getattr(ssl_object, "requested_server_name", None)
 
 
 def new_cancel_key() -> tuple[int, bytes]:

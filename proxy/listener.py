@@ -6,7 +6,7 @@ import asyncio
 import ssl
 
 from proxy.config import ClientTls
-from proxy.errors import TooManyConnections
+from proxy.errors import ConfigError, TooManyConnections
 from proxy.protocol.startup import encode_cancel_request
 
 
@@ -35,13 +35,41 @@ class Listener:
             self.server.close()
 
 
-def build_ssl_context(tls: ClientTls | None) -> ssl.SSLContext | None:
-    """The server-side TLS context for clients, or None when TLS is off."""
+class ClientSSLObject(ssl.SSLObject):
+    """The server side of one client's TLS; `requested_server_name` is the SNI it sent."""
+
+    requested_server_name: str | None = None
+
+
+def _remember_server_name(ssl_object: ssl.SSLObject, server_name: str | None,
+                          context: ssl.SSLContext) -> None:
+    """SNI callback: keep the name on the SSLObject the transport exposes as `ssl_object`.
+
+    Server-side `SSLObject.server_hostname` is always None, so without this the name the
+    client asked for (a tenant source, `resolve: [sni]`) would be lost.
+    """
+    if isinstance(ssl_object, ClientSSLObject) and server_name:
+        ssl_object.requested_server_name = server_name.lower()
+
+
+def build_ssl_context(tls: ClientTls | None, config_path: str | None = None
+                      ) -> ssl.SSLContext | None:
+    """The server-side TLS context for clients, or None when TLS is off.
+
+    A certificate or key that cannot be loaded is a ConfigError naming the file.
+    """
     if tls is None:
         return None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(tls.cert, tls.key)
+    try:
+        context.load_cert_chain(tls.cert, tls.key)
+    except OSError as exc:  # also ssl.SSLError: not PEM, or the key does not match the cert
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"tls: cannot load the certificate {tls.cert!r} with the key "
+                          f"{tls.key!r}: {reason}", path=config_path) from None
+    context.sslobject_class = ClientSSLObject
+    context.sni_callback = _remember_server_name
     return context
 
 

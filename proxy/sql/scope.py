@@ -20,8 +20,12 @@ class Scope:
     # e.g. (("search_path", "globex, common"), ("role", "globex")). The analysis re-applies
     # them after statements that would reset them (RESET ALL).
     pinned_settings: tuple[tuple[str, str], ...] = ()
-    row_column: str | None = None  # row strategy (later): the tenant column
-    tenant_key: str | None = None  # row strategy (later): this tenant's value of that column
+    row_column: str | None = None  # row strategy: the tenant column
+    tenant_key: str | None = None  # row strategy: this tenant's value of that column
+    row_enforce: str = "both"  # row strategy: rls | rewrite | both
+    # Row strategy: the tenant and shared tables of the tenant's database, from the
+    # catalog (a proxy.sql.rowmodel.RowCatalog; hashable, compared by content).
+    row_catalog: object | None = None
 
 
 @dataclass(frozen=True)
