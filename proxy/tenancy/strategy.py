@@ -75,17 +75,24 @@ def _schema_plan(cfg: Config, tenant: Tenant) -> tuple[tuple[str, ...], Scope]:
     return (f"SET search_path TO {search_path}", *role_sql), scope
 
 
-def _row_plan(cfg: Config, tenant: Tenant) -> tuple[tuple[str, ...], Scope]:
+def _row_plan(cfg: Config, tenant: Tenant,
+              row_catalog: object | None = None) -> tuple[tuple[str, ...], Scope]:
+    """Row tenants: the tenant setting for RLS, and a pinned search path so that names
+    resolve on the server the way the rewriter resolves them."""
     assert tenant.key is not None
     set_tenant = (f"SELECT pg_catalog.set_config({quote_literal(TENANT_SETTING)}, "
                   f"{quote_literal(tenant.key)}, false)")
+    schemas = getattr(row_catalog, "search_path", None) or ("public",)
+    search_path = ", ".join(quote_ident(name) for name in schemas)
     role_sql, role_pin = _role_setup(tenant)
     scope = _scope(cfg, "row", row_column=cfg.row.column, tenant_key=tenant.key,
-                   pinned_settings=((TENANT_SETTING, tenant.key), *role_pin))
-    return (set_tenant, *role_sql), scope
+                   row_enforce=cfg.row.enforce, row_catalog=row_catalog,
+                   pinned_settings=((TENANT_SETTING, tenant.key), ("search_path", search_path),
+                                    *role_pin))
+    return (set_tenant, f"SET search_path TO {search_path}", *role_sql), scope
 
 
-_PLANNERS = {"database": _database_plan, "schema": _schema_plan, "row": _row_plan}
+_PLANNERS = {"database": _database_plan, "schema": _schema_plan}
 
 
 def _bypass_plan(cfg: Config, user: User, startup_database: str) -> SessionPlan:
@@ -96,13 +103,19 @@ def _bypass_plan(cfg: Config, user: User, startup_database: str) -> SessionPlan:
 
 
 def plan_session(cfg: Config, user: User, tenant: Tenant | None,
-                 startup_database: str) -> SessionPlan:
-    """The plan for a login acting for `tenant` (None only for a bypass login)."""
+                 startup_database: str, row_catalog: object | None = None) -> SessionPlan:
+    """The plan for a login acting for `tenant` (None only for a bypass login).
+
+    Row tenants need the catalog of their database's tenant tables (`row_catalog`).
+    """
     if tenant is None or user.bypass:
         if tenant is not None or not user.bypass:
             raise ValueError(f"login {user.name!r}: a tenant is needed unless the login is bypass")
         return _bypass_plan(cfg, user, startup_database)
-    setup_sql, scope = _PLANNERS[tenant.strategy](cfg, tenant)
+    if tenant.strategy == "row":
+        setup_sql, scope = _row_plan(cfg, tenant, row_catalog)
+    else:
+        setup_sql, scope = _PLANNERS[tenant.strategy](cfg, tenant)
     return SessionPlan(tenant=tenant.name, strategy=tenant.strategy, cluster=tenant.cluster,
                        database=tenant.database, setup_sql=setup_sql,
                        context_key=(tenant.strategy, tenant.name, setup_sql), scope=scope)

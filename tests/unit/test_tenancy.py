@@ -388,12 +388,15 @@ def test_plan_schema_quotes_names_and_omits_absent_role() -> None:
 
 
 def test_plan_row() -> None:
-    setup = ("SELECT pg_catalog.set_config('tenantgate.tenant', 'initech', false)",)
+    setup = ("SELECT pg_catalog.set_config('tenantgate.tenant', 'initech', false)",
+             "SET search_path TO public")
     assert plan_session(CFG, USERS["app"], CFG.tenants["initech"], "shared") == SessionPlan(
         tenant="initech", strategy="row", cluster="main", database="shared",
         setup_sql=setup, context_key=("row", "initech", setup),
         scope=Scope(strategy="row", row_column="tenant_id", tenant_key="initech",
-                    pinned_settings=(("tenantgate.tenant", "initech"),)))
+                    row_enforce=CFG.row.enforce,
+                    pinned_settings=(("tenantgate.tenant", "initech"),
+                                     ("search_path", "public"))))
 
 
 def test_plan_row_with_role_and_awkward_key() -> None:
@@ -403,8 +406,9 @@ def test_plan_row_with_role_and_awkward_key() -> None:
     plan = plan_session(cfg, USERS["app"], tenant, "shared")
     assert plan.setup_sql == (
         "SELECT pg_catalog.set_config('tenantgate.tenant', E'o''b\\\\x', false)",
-        'SET ROLE "Row Role"')
-    assert plan.scope.pinned_settings == (("tenantgate.tenant", "o'b\\x"), ("role", "Row Role"))
+        "SET search_path TO public", 'SET ROLE "Row Role"')
+    assert plan.scope.pinned_settings == (("tenantgate.tenant", "o'b\\x"),
+                                          ("search_path", "public"), ("role", "Row Role"))
     assert (plan.scope.row_column, plan.scope.tenant_key) == ("org_id", "o'b\\x")
     call = parse_sql(plan.setup_sql[0])[0].stmt.targetList[0].val
     assert [arg.val.sval for arg in call.args[:2]] == ["tenantgate.tenant", "o'b\\x"]
