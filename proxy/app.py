@@ -31,7 +31,7 @@ class App:
         self.cancel_keys: dict[tuple[int, bytes], object] = {}
         self.tenant_clients: dict[str, int] = {}
         self.draining = False
-        self.ssl_context = build_ssl_context(config.tls)
+        self.ssl_context = build_ssl_context(config.tls, config.path)
         self.listener = Listener(self)
         self.stopped = asyncio.Event()
 
@@ -113,6 +113,7 @@ class App:
         """SIGHUP: validate the file again and swap the snapshot in, or keep the old one."""
         try:
             config = load_config(self.config.path)
+            ssl_context = build_ssl_context(config.tls, config.path)
         except ConfigError as exc:
             self.log.error("reload failed, keeping the running configuration", error=str(exc))
             return
@@ -123,6 +124,7 @@ class App:
                 pool.close()  # connections are closed as their clients release them
                 del self.pools[key]
         old, self.config = self.config, config
+        self.ssl_context = ssl_context
         self.analyzer = Analyzer(ttl=config.cache_ttl)
         stale = [session for session in self.sessions if _changed_for(session, old, config)]
         for session in stale:

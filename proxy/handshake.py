@@ -15,7 +15,7 @@ from proxy.errors import FatalError, ProtocolViolation, ProxyError, TenantRefuse
 from proxy.pool.lease import checkout
 from proxy.protocol import messages as m
 from proxy.protocol.auth import dummy_server_auth, server_auth
-from proxy.protocol.startup import (CancelRequest, GSSENCRequest, SSLRequest, StartupMessage,
+from proxy.protocol.startup import (CancelRequest, SSLRequest, StartupMessage,
                                     negotiate_protocol_version, parse_startup)
 from proxy.tenancy.resolve import filter_startup_params, resolve_tenant, split_user
 from proxy.tenancy.strategy import plan_session
@@ -40,6 +40,9 @@ async def run_handshake(session) -> None:
         session.fail(exc)
     except (ConnectionError, OSError) as exc:
         session.fail(FatalError(f"connection error: {exc}", sqlstate="08006"))
+    except Exception:  # a bug must not leave the client hanging on an open socket
+        session.log.exception("handshake failed")
+        session.fail(FatalError("internal error during connection startup", sqlstate="XX000"))
 
 
 async def read_startup(session) -> StartupMessage | None:

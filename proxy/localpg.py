@@ -3,6 +3,8 @@
 The cluster lives in a fresh temp dir, listens on 127.0.0.1 only (unix socket inside its data
 dir), authenticates TCP clients with SCRAM and is removed again by `stop()`. PostgreSQL refuses
 to run as root, so when this process is root every server command runs as the `postgres` OS user.
+`start(ssl=True)` also turns on TLS with a fresh self-signed certificate for 127.0.0.1/localhost
+(`ssl_cert_pem` is that certificate, the CA a verifying client trusts).
 """
 
 from __future__ import annotations
@@ -76,16 +78,25 @@ class LocalPostgres:
         self.logfile: str | None = None
         self._as_root = os.geteuid() == 0
         self._running = False
+        self.ssl = False
+        self.ssl_cert_pem: bytes | None = None  # the self-signed server certificate (ssl=True)
+        self.ssl_key_pem: bytes | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> LocalPostgres:
-        """initdb into a fresh temp dir and start the server; raise with the log tail on failure."""
+    def start(self, ssl: bool = False) -> LocalPostgres:
+        """initdb into a fresh temp dir and start the server; raise with the log tail on failure.
+
+        `ssl=True`: write a self-signed certificate into the data dir and set `ssl = on`.
+        """
         if self._running:
             return self
         try:
             self._make_tempdir()
             self._initdb()
+            if ssl:
+                self._write_ssl_files()
+            self.ssl = ssl
             self._start_on_free_port()
         except BaseException:  # also KeyboardInterrupt/SystemExit in the middle of pg_ctl start
             self._stop_if_started()
@@ -154,6 +165,14 @@ class LocalPostgres:
                                      f"(exit {proc.returncode}): {proc.stderr.strip()}")
         return proc.stdout
 
+    def set_ssl_certificate(self, cert_pem: bytes, key_pem: bytes) -> None:
+        """Serve another certificate (ssl=True): replace the files and reload the config.
+        The reload is asynchronous: new connections get the new certificate shortly after."""
+        if not self.ssl:
+            raise LocalPostgresError("the cluster was not started with ssl=True")
+        self._write_certificate(cert_pem, key_pem)
+        self.run_sql("SELECT pg_reload_conf();")
+
     def log_tail(self, lines: int = 40) -> str:
         """The last lines of the server log."""
         try:
@@ -215,6 +234,14 @@ class LocalPostgres:
         finally:
             os.unlink(pwfile)
 
+    def _write_ssl_files(self) -> None:
+        self.ssl_cert_pem, self.ssl_key_pem = self_signed_certificate("tenantgate LocalPostgres")
+        self._write_certificate(self.ssl_cert_pem, self.ssl_key_pem)
+
+    def _write_certificate(self, cert_pem: bytes, key_pem: bytes) -> None:
+        self._write_private(os.path.join(self.datadir, "server.key"), key_pem.decode())
+        self._write_private(os.path.join(self.datadir, "server.crt"), cert_pem.decode())
+
     def _configure(self, port: int) -> None:
         overrides = (
             "\n# tenantgate LocalPostgres\n"
@@ -227,6 +254,8 @@ class LocalPostgres:
             "full_page_writes = off\n"
             "shared_buffers = 128MB\n"
             "password_encryption = 'scram-sha-256'\n"
+            + ("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n"
+               if self.ssl else "")
         )
         with open(os.path.join(self.datadir, "postgresql.conf"), "a") as fh:
             fh.write(overrides)  # the last setting of a name wins
@@ -252,3 +281,32 @@ class LocalPostgres:
                     f"--- server log tail ({self.logfile}) ---\n{log}")
             self._stop_if_started()
             Path(self.logfile).unlink(missing_ok=True)
+
+
+def self_signed_certificate(common_name: str) -> tuple[bytes, bytes]:
+    """(certificate PEM, key PEM): a self-signed server certificate for 127.0.0.1 and
+    localhost, valid for a week, that is also its own CA (so clients can verify it)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder()
+            .subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=7))
+            .add_extension(x509.SubjectAlternativeName([
+                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .sign(key, hashes.SHA256()))
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem

@@ -71,7 +71,10 @@ class ServerConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._wake(ConnectionUnavailable("tenantgate: server closed the connection"))
+        lost = ConnectionUnavailable("tenantgate: server closed the connection")
+        if self._ssl_reply is not None and not self._ssl_reply.done():
+            self._ssl_reply.set_exception(lost)  # closed instead of answering the SSLRequest
+        self._wake(lost)
         if self.on_lost is not None:
             self.on_lost()
 
@@ -168,22 +171,36 @@ class ServerConnection(asyncio.Protocol):
     # -- startup ----------------------------------------------------------------------
 
     async def negotiate_tls(self, mode: str, ca_file: str | None) -> None:
-        """SSLRequest, then TLS if the server agrees (and as `mode` demands)."""
+        """SSLRequest, then TLS if the server agrees (and as `mode` demands).
+
+        The answer must be exactly one byte: anything the server (or a man in the middle)
+        sends with it would be read as if it came over TLS (CVE-2021-23222).
+        """
         loop = asyncio.get_running_loop()
         self._ssl_reply = loop.create_future()
         self.write(encode_ssl_request())
-        reply = await self._ssl_reply
-        self._ssl_reply = None
-        if reply[:1] == b"N":
+        try:
+            reply = await self._ssl_reply
+        finally:
+            self._ssl_reply = None
+        if reply == b"N":
             if mode in ("require", "verify-full"):
-                raise ConnectionUnavailable(f"tenantgate: server {self.host}:{self.port} refused TLS")
+                raise ConnectionUnavailable(
+                    f"tenantgate: server {self.host}:{self.port} does not support TLS "
+                    f"(the cluster has tls: {mode})")
             return
         if reply != b"S":
-            raise ProtocolViolation("tenantgate: bad reply from server to SSLRequest")
+            raise ProtocolViolation(f"tenantgate: server {self.host}:{self.port} sent an invalid "
+                                    "answer to SSLRequest")
         context = _client_ssl_context(mode, ca_file)
         server_name = self.host if mode == "verify-full" else None
-        self.transport = await loop.start_tls(self.transport, self, context,
-                                              server_hostname=server_name)
+        try:
+            self.transport = await loop.start_tls(self.transport, self, context,
+                                                  server_hostname=server_name)
+        except BaseException:  # handshake failed or timed out: the transport is closed already
+            self.closed = True  # so close() must not write Terminate to it (uvloop raises)
+            self.transport.abort()
+            raise
 
     async def startup(self, user: str, password: str | None, database: str) -> None:
         """StartupMessage, authentication, then ParameterStatus/BackendKeyData up to ReadyForQuery."""
@@ -212,11 +229,13 @@ class ServerConnection(asyncio.Protocol):
 
 
 def _client_ssl_context(mode: str, ca_file: str | None) -> ssl.SSLContext:
+    """verify-full: the server's certificate must chain to `ca_file` (the system CAs when
+    None) and name the host; prefer/require: encrypted, not verified, as libpq does."""
     if mode == "verify-full":
         return ssl.create_default_context(cafile=ca_file)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # prefer/require: encryption without verification, as libpq
+    context.verify_mode = ssl.CERT_NONE
     return context
 
 
