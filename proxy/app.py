@@ -15,6 +15,7 @@ from proxy.config import Config, load_config
 from proxy.errors import ConfigError, TooManyConnections
 from proxy.listener import Listener, build_ssl_context, send_cancel
 from proxy.observability.logging import configure, get_logger
+from proxy.observability.observer import Observer
 from proxy.pool.pool import Pool
 from proxy.sql import Analyzer
 
@@ -33,6 +34,8 @@ class App:
         self.draining = False
         self.ssl_context = build_ssl_context(config.tls, config.path)
         self.listener = Listener(self)
+        self.observer = Observer(self)
+        self.metrics = self.observer.metrics
         self.stopped = asyncio.Event()
 
     # -- what sessions ask of the runtime ---------------------------------------------
@@ -82,17 +85,17 @@ class App:
         asyncio.get_running_loop().create_task(
             send_cancel(conn.host, conn.port, conn.backend_pid, conn.backend_key))
 
-    def refused(self, session, error) -> None:
+    def refused(self, session, error, sql: str | None = None) -> None:
         session.log.info("statement refused", sqlstate=error.sqlstate, rule=error.rule)
+        self.observer.refused(session, error, sql)
 
     # -- lifecycle --------------------------------------------------------------------
 
     async def serve(self) -> None:
+        await self.observer.start()
         await self.listener.start()
         host, port = self.config.listen
         self.log.info("listening", host=host, port=port)
-        if self.config.metrics is not None:
-            self.log.warning("the metrics endpoint is not built yet; `metrics:` is ignored")
         print(f"tenantgate: listening on {host}:{port}", flush=True)
         expiry = asyncio.get_running_loop().create_task(self._expire_idle())
         try:
@@ -102,6 +105,7 @@ class App:
             self.listener.close()
             for pool in self.pools.values():
                 pool.close()
+            await self.observer.close()
 
     async def _expire_idle(self) -> None:
         while True:
@@ -116,6 +120,7 @@ class App:
             ssl_context = build_ssl_context(config.tls, config.path)
         except ConfigError as exc:
             self.log.error("reload failed, keeping the running configuration", error=str(exc))
+            self.observer.config_reloaded(False, str(exc))
             return
         if config.listen != self.config.listen:
             self.log.warning("listen address changes need a restart", listen=config.listen)
@@ -129,8 +134,11 @@ class App:
         stale = [session for session in self.sessions if _changed_for(session, old, config)]
         for session in stale:
             session.retire()
+        if (old.metrics, old.audit) != (config.metrics, config.audit):
+            self.log.warning("metrics and audit settings change only at restart")
         self.log.info("configuration reloaded", tenants=len(config.tenants),
                       clients_to_reconnect=len(stale))
+        self.observer.config_reloaded(True)
 
     def drain(self) -> None:
         """SIGTERM/SIGINT: refuse new clients, let open transactions finish, then stop."""

@@ -92,12 +92,25 @@ class Tenant:
 
 
 @dataclass(frozen=True)
+class AuditSettings:
+    """The audit trail (`audit:`): HMAC-chained JSON lines (proxy.observability.audit)."""
+
+    path: str
+    hmac_key: bytes = field(repr=False)  # UTF-8 bytes of the configured text
+    every_statement: bool = False  # also a `statement` entry for every statement
+    max_bytes: int = 100 * 1024 * 1024  # rotate the file beyond this size
+    checkpoint_key: str | None = None  # Ed25519 private key (PEM) that signs checkpoints
+
+
+@dataclass(frozen=True)
 class Config:
     """One validated snapshot of the whole configuration."""
 
     path: str
     listen: Address = ("127.0.0.1", 6432)
     metrics: Address | None = None
+    metrics_tenant_labels: bool = True  # false: every tenant counts under the label "_all"
+    audit: AuditSettings | None = None
     pool_mode: str = "transaction"  # transaction | session
     isolation_level: str = "strict"  # strict | standard
     tls: ClientTls | None = None
@@ -129,10 +142,14 @@ RESOLVE_SOURCES = ("user_suffix", "login", "database", "options", "sni")
 AUTH_METHODS = ("scram", "md5", "plain", "trust")
 UNKNOWN_TENANT_ACTIONS = ("reject",)
 
-_TOP_KEYS = ("listen", "metrics", "pool_mode", "isolation_level", "tls", "clusters", "users",
+_TOP_KEYS = ("listen", "metrics", "metrics_tenant_labels", "audit", "pool_mode",
+             "isolation_level", "tls", "clusters", "users",
              "resolve", "user_separator", "row", "tenants", "unknown_tenant", "shared_schemas",
              "max_client_connections", "max_message_size", "shutdown_timeout")
 _TLS_KEYS = ("cert", "key", "mode")
+_AUDIT_KEYS = ("path", "hmac_key", "every_statement", "max_bytes", "checkpoint_key")
+AUDIT_KEY_MIN_BYTES = 16
+AUDIT_MIN_MAX_BYTES = 65536
 _CLUSTER_KEYS = ("hosts", "user", "password", "pool_size", "tls", "tls_ca", "connect_timeout",
                  "wait_timeout", "idle_timeout", "max_lifetime")
 _USER_KEYS = ("password", "auth", "tenants", "tenant", "bypass", "cluster", "admin")
@@ -224,6 +241,7 @@ def _optional(read: Callable) -> Callable:
 _TOP_FIELDS: dict[str, Callable] = {
     "listen": YamlReader.address,
     "metrics": _optional(YamlReader.address),
+    "metrics_tenant_labels": YamlReader.boolean,
     "pool_mode": _choice(POOL_MODES),
     "isolation_level": _choice(ISOLATION_LEVELS),
     "user_separator": lambda r, node, where: _separator(r, node, where),
@@ -263,6 +281,13 @@ _USER_FIELDS: dict[str, Callable] = {
     "cluster": YamlReader.name,
     "admin": YamlReader.boolean,
 }
+_AUDIT_FIELDS: dict[str, Callable] = {
+    "path": YamlReader.string,
+    "hmac_key": lambda r, node, where: _audit_key(r, node, where),
+    "every_statement": YamlReader.boolean,
+    "max_bytes": lambda r, node, where: _audit_max_bytes(r, node, where),
+    "checkpoint_key": YamlReader.string,
+}
 _TLS_FIELDS: dict[str, Callable] = {
     "cert": YamlReader.string, "key": YamlReader.string, "mode": _choice(CLIENT_TLS_MODES)}
 _ROW_FIELDS: dict[str, Callable] = {
@@ -277,6 +302,21 @@ def _separator(r: YamlReader, node: Node, where: str) -> str:
     if any(c.isspace() for c in text):
         raise r.error(f"{where}: must not contain spaces", node)
     return text
+
+
+def _audit_key(r: YamlReader, node: Node, where: str) -> bytes:
+    key = r.string(node, where).encode("utf-8")
+    if len(key) < AUDIT_KEY_MIN_BYTES:
+        raise r.error(f"{where}: at least {AUDIT_KEY_MIN_BYTES} bytes are needed, got "
+                      f"{len(key)} (make one with `openssl rand -hex 32`)", node)
+    return key
+
+
+def _audit_max_bytes(r: YamlReader, node: Node, where: str) -> int:
+    value = r.integer(node, where)
+    if value < AUDIT_MIN_MAX_BYTES:
+        raise r.error(f"{where}: must be at least {AUDIT_MIN_MAX_BYTES}, got {value}", node)
+    return value
 
 
 def _tenant_key(r: YamlReader, node: Node, where: str) -> str:
@@ -305,6 +345,8 @@ def _build(r: YamlReader, root: Node) -> Config:
         raise r.error("metrics: must differ from listen", top["metrics"][1])
     if "tls" in top and r.value(top["tls"][1]) is not None:
         fields["tls"] = _client_tls(r, *top["tls"])
+    if "audit" in top and r.value(top["audit"][1]) is not None:
+        fields["audit"] = _audit(r, *top["audit"])
     if "row" in top:
         fields["row"] = RowSettings(**_fields(r, r.mapping(top["row"][1], "row", _ROW_KEYS),
                                               _ROW_FIELDS, "row"))
@@ -337,6 +379,12 @@ def _client_tls(r: YamlReader, key: Node, node: Node) -> ClientTls:
     items = r.mapping(node, "tls", _TLS_KEYS)
     r.require(items, ("cert", "key"), "tls", key)
     return ClientTls(**_fields(r, items, _TLS_FIELDS, "tls"))
+
+
+def _audit(r: YamlReader, key: Node, node: Node) -> AuditSettings:
+    items = r.mapping(node, "audit", _AUDIT_KEYS)
+    r.require(items, ("path", "hmac_key"), "audit", key)
+    return AuditSettings(**_fields(r, items, _AUDIT_FIELDS, "audit"))
 
 
 def _resolve(r: YamlReader, node: Node, tls: ClientTls | None) -> tuple[str, ...]:

@@ -21,7 +21,7 @@ class ExtendedQuery:
         parse = m.decode_parse(raw)
         decision = self._analyze(parse.query)
         if decision.action == "deny":
-            self._refuse_extended(decision.error)
+            self._refuse_extended(decision.error, parse.query)
             return
         query = parse.query if decision.action == "allow" else decision.sql
         if parse.name and self._can_defer_parse(decision):
@@ -31,6 +31,8 @@ class ExtendedQuery:
             return
         if not self._ensure_server(m.PARSE, raw):
             return
+        if self.app.observer.audit is not None:
+            self.app.observer.statement(self, parse.query)
         self.unsynced_settings.extend(decision.settings)
         if decision.session_state:
             self.server.dirty = True
@@ -152,8 +154,8 @@ class ExtendedQuery:
         self.tracker.expect(replies)
         self.unsynced = True
 
-    def _refuse_extended(self, error: ProxyError) -> None:
-        self.app.refused(self, error)
+    def _refuse_extended(self, error: ProxyError, sql: str | None = None) -> None:
+        self.app.refused(self, error, sql)
         self.skip_to_sync = True
         if self._can_answer_directly():
             self.refused_directly = True

@@ -37,6 +37,7 @@ async def run_handshake(session) -> None:
     except TimeoutError:
         session.fail(ProtocolViolation("authentication timed out", rule="handshake-timeout"))
     except ProxyError as exc:
+        session.app.observer.login_refused(session, exc)
         session.fail(exc)
     except (ConnectionError, OSError) as exc:
         session.fail(FatalError(f"connection error: {exc}", sqlstate="08006"))
@@ -119,6 +120,7 @@ async def start_session(session, startup: StartupMessage) -> None:
     sni = _server_name(session) if session.tls else None
     tenant = resolve_tenant(config, user, suffix, params, sni)
     session.tenant = tenant.name if tenant is not None else None
+    session.tm = app.metrics.for_tenant(session.tenant)
     session.log = session.log.bind(tenant=session.tenant)
     session.startup_params = filter_startup_params(params)
     session.params = dict(session.startup_params)
@@ -165,6 +167,8 @@ async def finish_startup(session) -> None:
     out.append(m.ready_for_query(b"I"))
     session.write(b"".join(out))
     session.log.info("client connected")
+    session.app.observer.connected(session)
+    session.counted_connect = True
     if conn is not None:
         if session.app.config.pool_mode == "session":
             session.lease_for_session(conn)

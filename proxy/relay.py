@@ -8,6 +8,8 @@ of the settings that change how SQL is lexed. Mixed into `ClientSession`.
 
 from __future__ import annotations
 
+import time
+
 from proxy.errors import AdminShutdown, ConnectionUnavailable, ProtocolViolation, ProxyError
 from proxy.protocol import messages as m
 from proxy.replies import PARSED, BOUND, CLOSED, EXECUTED, DESCRIBED
@@ -21,6 +23,7 @@ IDLE = ord("I")
 class ReplyRelay:
     def _server_data(self, data: bytes) -> None:
         try:
+            self.tm.bytes_out(len(data))
             scanner = self.server.scanner
             replies = scanner.scan(data)
         except ProxyError as exc:
@@ -38,6 +41,7 @@ class ReplyRelay:
                 self._on_ready(reply.raw)
             elif mtype == m.ERROR_RESPONSE:
                 self.tracker.on_error()
+                self.tm.error()
             elif mtype == m.PARAMETER_STATUS and not self._parameter_ok(reply.raw):
                 return
             synthetic = self.tracker.take_synthetic() if self.tracker.queue else b""
@@ -64,6 +68,11 @@ class ReplyRelay:
     def _on_ready(self, raw: bytes) -> None:
         self.tx_status = raw[5]
         entry = self.tracker.on_ready()
+        now = time.perf_counter()
+        self.tm.query(now - self.request_started)
+        self.request_started = now  # a pipelined next request is timed from here
+        if self.tx_status == IDLE:
+            self.tm.transaction()
         if entry is not None and entry.settings and not entry.failed:
             self._apply_settings(entry.settings)
 

@@ -12,6 +12,7 @@ client leaves (session pooling).
 from __future__ import annotations
 
 import asyncio
+import time
 
 from proxy.errors import AdminShutdown, FatalError, ProtocolViolation, ProxyError
 from proxy.extended import ExtendedQuery
@@ -48,6 +49,9 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
         self.cancel_key: tuple[int, bytes] | None = None
         self.session_pooling = False
         self.retiring = False  # closed at its next idle point (config reload)
+        self.tm = None  # this tenant's metrics handle, set by the handshake
+        self.counted_connect = False  # the connect was reported: report the disconnect
+        self.request_started = 0.0  # perf_counter when the current request began
         self.refuse_at_connect: ProxyError | None = None  # set by the listener when full
         self.counted_tenant: str | None = None  # the tenant whose quota this client uses
         # Relay state:
@@ -84,6 +88,7 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             if self.relaying:
+                self.tm.bytes_in(len(data))
                 self.reader.feed(data)
                 self._process_client_messages()
             elif self.message_waiter is not None:
@@ -102,6 +107,8 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
         if self.leasing is not None:
             self.leasing.cancel()
         self._give_back_server(clean=False)
+        if self.counted_connect:
+            self.app.observer.disconnected(self)
         self.app.forget_session(self)
 
     def pause_writing(self) -> None:
@@ -154,6 +161,8 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
 
     def _process_client_messages(self) -> None:
         reader = self.reader
+        if self.tracker.idle:
+            self.request_started = time.perf_counter()
         while not self.closed and (message := reader.next()) is not None:
             if self.leasing is not None:
                 self.queued.append(message)
@@ -182,12 +191,15 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
         return self.app.analyzer.analyze(sql, self.plan.scope)
 
     def _on_query(self, raw: bytes) -> None:
-        decision = self._analyze(m.decode_query(raw))
+        sql = m.decode_query(raw)
+        decision = self._analyze(sql)
         if decision.action == "deny":
-            self._refuse_simple(decision.error)
+            self._refuse_simple(decision.error, sql)
             return
         if not self._ensure_server(m.QUERY, raw):
             return
+        if self.app.observer.audit is not None:
+            self.app.observer.statement(self, sql)
         self._send(raw if decision.action == "allow" else m.query(decision.sql))
         self.tracker.expect(READY, settings=decision.settings)
         self.server.unnamed_owner = None  # a simple Query replaces the unnamed statement
@@ -228,8 +240,8 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
     def _can_answer_directly(self) -> bool:
         return self.tracker.idle and self.tx_status == IDLE and not self.unsynced
 
-    def _refuse_simple(self, error: ProxyError) -> None:
-        self.app.refused(self, error)
+    def _refuse_simple(self, error: ProxyError, sql: str | None = None) -> None:
+        self.app.refused(self, error, sql)
         if self._can_answer_directly():
             self._client_out.append(m.error_response(error.fields()))
             self._client_out.append(m.ready_for_query(b"I"))

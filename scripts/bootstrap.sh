@@ -32,6 +32,11 @@ if [ -z "${TENANTGATE_PG_BINDIR:-}" ] && ! compgen -G "/usr/lib/postgresql/*/bin
   apt_install postgresql
 fi
 
+# Headless Chromium renders the dashboard in its test.
+if ! command -v chromium >/dev/null 2>&1; then
+  apt_install chromium
+fi
+
 # 2. Python >= 3.11 and the virtualenv.
 py_ok() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; }
 find_python() {

@@ -272,7 +272,7 @@ ERRORS = [
     # unknown keys, at every level, with a suggestion
     (BASE + "pool_mod: session\n",
      "cfg.yaml:11: unknown key 'pool_mod' (did you mean 'pool_mode'?)"),
-    (BASE + "audit: {path: a.log}\n", "cfg.yaml:11: unknown key 'audit'"),
+    (BASE + "audit: {path: a.log}\n", "cfg.yaml:11: audit: missing required key 'hmac_key'"),
     (replace(CLUSTER_LINE, CLUSTER_LINE + "    pool_sise: 3\n"),
      "cfg.yaml:5: clusters.main: unknown key 'pool_sise' (did you mean 'pool_size'?)"),
     (replace("tenants: [\"*\"]", "tenants: [\"*\"]\n    bypas: true"),
