@@ -8,8 +8,10 @@ are counted, never hidden: a client that hits an error stops, and pgbench exits 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import shutil
 import subprocess
 import tempfile
@@ -72,13 +74,26 @@ def run_pgbench(pgbench: str, target: Target, workload: Workload, duration: int)
                    PGGSSENCMODE="disable", PGCONNECT_TIMEOUT="30")
         for var in ("PGSERVICE", "PGOPTIONS", "PGDATABASE", "PGUSER", "PGHOST", "PGPORT"):
             env.pop(var, None)
-        proc = subprocess.run(argv, capture_output=True, text=True, env=env,
-                              timeout=duration + CONNECT_GRACE + KILL_AFTER + 30)
-        result = parse_summary(target.name, proc.returncode, proc.stdout, proc.stderr)
+        code, stdout, stderr = _bounded(argv, env, duration + CONNECT_GRACE + KILL_AFTER + 30)
+        result = parse_summary(target.name, code, stdout, stderr)
         result.p50_ms, result.p99_ms = latency_percentiles(Path(logdir), (0.50, 0.99))
         return result
     finally:
         shutil.rmtree(logdir, ignore_errors=True)
+
+
+def _bounded(argv: list[str], env: dict, limit: float) -> tuple[int, str, str]:
+    """Run in its own process group; on any exit path (Ctrl-C too) that group is killed."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=limit)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return proc.returncode, stdout, stderr
 
 
 def parse_summary(target: str, code: int, stdout: str, stderr: str) -> RunResult:

@@ -17,6 +17,7 @@ POOLERS = ("pgbouncer", "tenantgate")
 @dataclass(frozen=True)
 class Scenario:
     key: str
+    short: str  # the label in the table
     title: str
     kind: str  # pgbench | idle | skipped
     workload: Workload | None = None
@@ -28,19 +29,19 @@ class Scenario:
 def all_scenarios(pool_size: int, idle_clients: int) -> dict[str, Scenario]:
     """Every scenario by its letter, in the order they run."""
     return {s.key: s for s in [
-        Scenario("a", "pgbench -S, simple protocol, 16 clients", "pgbench", Workload(16)),
-        Scenario("b", "pgbench -S -M prepared, 16 clients", "pgbench",
+        Scenario("a", "-S simple, 16 cl", "pgbench -S, simple protocol, 16 clients", "pgbench", Workload(16)),
+        Scenario("b", "-S prepared, 16 cl", "pgbench -S -M prepared, 16 clients", "pgbench",
                  Workload(16, protocol="prepared")),
-        Scenario("c", "pgbench TPC-B-like (default script), 16 clients", "pgbench",
+        Scenario("c", "TPC-B, 16 cl", "pgbench TPC-B-like (default script), 16 clients", "pgbench",
                  Workload(16, select_only=False), vacuum=True),
-        Scenario("d", "pgbench -S, 1 client (added latency per query)", "pgbench",
+        Scenario("d", "-S, 1 client", "pgbench -S, 1 client (added latency per query)", "pgbench",
                  Workload(1, threads=1)),
-        Scenario("e", f"pgbench -S, 500 clients over pool_size {pool_size}", "pgbench",
+        Scenario("e", f"-S, 500 cl/pool {pool_size}", f"pgbench -S, 500 clients over pool_size {pool_size}", "pgbench",
                  Workload(500)),
-        Scenario("f", "row strategy (tenant_id column, RLS and/or rewrite)", "skipped",
+        Scenario("f", "row strategy", "row strategy (tenant_id column, RLS and/or rewrite)", "skipped",
                  skip_reason="SKIPPED: the row strategy is not implemented yet "
                              "(placeholder; DESIGN.md section 4)"),
-        Scenario("g", f"{idle_clients:,} authenticated idle clients: proxy RSS", "idle",
+        Scenario("g", f"{idle_clients:,} idle clients", f"{idle_clients:,} authenticated idle clients: proxy RSS", "idle",
                  targets=POOLERS),
     ]}
 

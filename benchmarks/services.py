@@ -242,6 +242,16 @@ class Services:
             return self.pg.log_tail()
         return _tail(self.tmp / name[target.name])
 
+    def log_excerpts(self, lines: int = 20) -> dict[str, list[str]]:
+        """Warnings and errors the three targets logged during the run (for the JSON)."""
+        def pick(text: str, pattern: str) -> list[str]:
+            return [ln for ln in text.splitlines() if re.search(pattern, ln)][-lines:]
+        bouncer = _tail(self.tmp / "pgbouncer" / "pgbouncer.log", 5000)
+        gate = _tail(self.tmp / "tenantgate" / "tenantgate.out", 5000)
+        return {"postgresql": pick(self.pg.log_tail(5000), r"ERROR|FATAL|PANIC"),
+                "pgbouncer": pick(bouncer, r"WARNING|ERROR|FATAL"),
+                "tenantgate": pick(gate, r"(?i)warn|error|critical|traceback|exception")}
+
     # -- processes ----------------------------------------------------------------------------
 
     def _as_server_user(self) -> dict:

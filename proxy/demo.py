@@ -13,7 +13,7 @@ import sys
 import tempfile
 
 from proxy.localpg import LocalPostgres
-from proxy.sample import SampleInfo, install_sample
+from proxy.sample import SampleInfo, install_row_sample, install_sample
 
 DEFAULT_PORT = 6432
 
@@ -37,6 +37,9 @@ def banner(info: SampleInfo, pg: LocalPostgres, port: int, config_path: str) -> 
     for tenant in info.schema_tenants:
         lines.append(f'  psql "postgresql://app.{tenant}:{app}@127.0.0.1:{port}/app"'
                      f"   # {tenant}: schema strategy ({info.shared_database}.{tenant})")
+    for tenant in info.row_tenant_names:
+        lines.append(f'  psql "postgresql://app.{tenant}:{app}@127.0.0.1:{port}/app"'
+                     f"   # {tenant}: row strategy ({info.row_database}, tenant_id = '{tenant}')")
     lines += [
         "Bypass login (no isolation):",
         f'  psql "postgresql://migrator:{info.password("migrator")}@127.0.0.1:{port}/'
@@ -56,11 +59,11 @@ def run_demo() -> int:
     try:
         print("tenantgate demo: starting a local PostgreSQL …", flush=True)
         pg.start()
-        info = install_sample(pg)
+        info = install_row_sample(pg, install_sample(pg))
         config_path = os.path.join(confdir, "tenantgate.yaml")
         fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
-            fh.write(info.config_yaml(pg, port))
+            fh.write(info.config_yaml(pg, port, row_tenants=True))
         print(banner(info, pg, port, config_path), flush=True)
         from proxy import app  # the proxy installs its own SIGINT/SIGTERM handling
 

@@ -2,17 +2,22 @@
 
 `analyze_uncached` is the pure policy function: parse once, check every statement of
 the string in order (any refusal refuses the whole string, THREATS 46), and collect
-the settings the session must track. The only rewrite today is RESET ALL, followed by
-the re-application of the tenant's pinned settings; the rewritten text is parsed again
-and compared with what was checked before it is handed out (DESIGN 6.6).
+the settings the session must track. Two rewrites exist: RESET ALL is followed by the
+re-application of the tenant's pinned settings, and the row strategy's `rewrite`
+enforcement confines every tenant-table reference (proxy.sql.rewrite). Either way the
+text handed out is parsed again and checked — compared with what was checked, and for
+row rewrites validated in full and proven confined — before it is used (DESIGN 6.6).
+Row rewrites come with a template (proxy.sql.template) that the cache fills with the
+literals of later statements of the same shape.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from proxy.errors import NotSupported, PolicyDenied, ProxyError, StatementTooComplex
-from proxy.sql import nodes, policy, settings
+from proxy.sql import nodes, policy, rewrite, rewrite_check, settings, template
+from proxy.sql.deparse import deparse
 from proxy.sql.nodes import Statement
 from proxy.sql.reach import Context
 from proxy.sql.scope import Scope, SettingChange
@@ -37,10 +42,15 @@ class Decision:
     # False when the decision read a literal (SET values, nextval('…'), reg* names):
     # such decisions are cached by exact text only, never by statement shape.
     shape_cacheable: bool = False
+    # Row rewrites: the rewritten SQL as a template for statements of the same shape.
+    template: template.Template | None = field(default=None, compare=False, repr=False)
 
 
-def analyze_uncached(sql: str, scope: Scope) -> Decision:
-    """Decide on `sql` for a tenant of `scope`; never does I/O, never raises."""
+def analyze_uncached(sql: str, scope: Scope, *, templates: bool = True) -> Decision:
+    """Decide on `sql` for a tenant of `scope`; never does I/O, never raises.
+
+    `templates=False`: a row rewrite keeps the literals in the tree (no template).
+    """
     try:
         statements = nodes.parse(sql)
     except ProxyError as exc:
@@ -53,17 +63,38 @@ def analyze_uncached(sql: str, scope: Scope) -> Decision:
     if scope.strategy == "bypass":
         return Decision("allow", statements=len(statements), rule="bypass",
                         shape_cacheable=True)
-    return _check_all(sql, statements, Context(scope))
+    if scope.strategy == "row" and _no_catalog(scope):
+        return _deny(NotSupported("the row rewrite has no table catalog for this database",
+                                  rule="row-catalog"), len(statements), cacheable=False)
+    return _check_all(sql, statements, rewrite.new_context(scope), templates)
 
 
-def _check_all(sql: str, statements: list[Statement], ctx: Context) -> Decision:
+def _no_catalog(scope: Scope) -> bool:
+    """A row scope that should rewrite but cannot. `both` without any catalog is left to
+    RLS alone (the tenancy layer supplies the catalog when it has one)."""
+    if scope.row_enforce not in ("rls", "rewrite", "both"):
+        return True
+    if scope.row_enforce == "rls" or rewrite.rewriting(scope):
+        return False
+    return scope.row_enforce == "rewrite" or scope.row_catalog is not None
+
+
+def _check_all(sql: str, statements: list[Statement], ctx: Context,
+               templates: bool = True) -> Decision:
     count = len(statements)
     try:
-        reapply = [policy.check_statement(ctx, statement) for statement in statements]
+        reapply, changed = [], []
+        for statement in statements:
+            if isinstance(ctx, rewrite.RowContext):
+                ctx.changed = False
+            reapply.append(policy.check_statement(ctx, statement))
+            changed.append(isinstance(ctx, rewrite.RowContext) and ctx.changed)
+        if any(changed):
+            return _rewrite_rows(sql, statements, reapply, changed, ctx, templates)
         if any(reapply):
             return _rewrite(sql, statements, reapply, ctx)
     except ProxyError as exc:
-        return _deny(exc, count, cacheable=not ctx.literal)
+        return _deny(exc, count, cacheable=not rewrite.read_literal(ctx))
     except RecursionError:
         return _deny(StatementTooComplex("statement nesting is too deep", rule="too-complex"),
                      count, cacheable=False)
@@ -103,3 +134,73 @@ def _rewrite(sql: str, statements: list[Statement],
     return Decision("rewrite", sql=text, settings=tuple(ctx.settings),
                     session_state=ctx.session_state, statements=len(statements),
                     rule="reset-all")
+
+
+def _rewrite_rows(sql: str, statements: list[Statement], reapply: list[list[tuple[str, str]]],
+                  changed: list[bool], ctx: Context, templates: bool) -> Decision:
+    """Deparse the rewritten statements, check the final text, and keep a template."""
+    assert isinstance(ctx, rewrite.RowContext)
+    found = template.shape(sql) if templates and not ctx.literal else None
+    made = final = None
+    try:
+        maker = template.Templater(sql, found, ctx.key_literals) if found else None
+        text, expected = _render(sql, statements, reapply, changed, maker)
+        made = maker.finish(text) if maker is not None else None
+        final = made.fill(found) if made is not None and found is not None else text
+    except Exception:  # deparser trouble with a placeholder: retried without a template
+        if not templates:
+            raise
+    if final is None or not _recheck(final, expected, ctx.scope):
+        if templates:  # a literal the template cannot hold: rewrite it as it is
+            return analyze_uncached(sql, ctx.scope, templates=False)
+        return _deny(NotSupported("the statement could not be rewritten safely",
+                                  rule="rewrite-check"), len(statements), cacheable=False)
+    return Decision("rewrite", sql=final, settings=tuple(ctx.settings),
+                    session_state=ctx.session_state, statements=len(statements),
+                    rule="row-rewrite", template=made)
+
+
+def _render(sql: str, statements: list[Statement], reapply: list[list[tuple[str, str]]],
+            changed: list[bool], maker: template.Templater | None
+            ) -> tuple[str, list[tuple[str, object]]]:
+    """The text to send (rewritten statements deparsed, the others as they were, pinned
+    settings after RESET ALL) and what each of its statements must be."""
+    pieces: list[str] = []
+    expected: list[tuple[str, object]] = []
+    for statement, again, rewritten in zip(statements, reapply, changed):
+        if rewritten:
+            if maker is not None:
+                maker.placeholders(statement.kind, statement.fields)
+            pieces.append(deparse(statement.kind, statement.fields))
+            expected.append(("check", statement.kind))
+        else:
+            pieces.append(nodes.slice_text(sql, statement))
+            expected.append(("same", (statement.kind, nodes.strip_locations(statement.fields))))
+        if again:
+            added = settings.render_settings(again)
+            pieces.append(added)
+            expected += [("same", (s.kind, nodes.strip_locations(s.fields)))
+                         for s in nodes.parse(added)]
+    return _SEPARATOR.join(pieces), expected
+
+
+def _recheck(text: str, expected: list[tuple[str, object]], scope: Scope) -> bool:
+    """Parse the text to send again: statements not rewritten must read as before, and
+    rewritten ones must pass the whole policy and confine every tenant reference."""
+    ctx = rewrite.RowContext(scope, verify=True)
+    try:
+        got = nodes.parse(text)
+        if len(got) != len(expected):
+            return False
+        for statement, (how, what) in zip(got, expected):
+            if how == "same":
+                if (statement.kind, nodes.strip_locations(statement.fields)) != what:
+                    return False
+                continue
+            if statement.kind != what:
+                return False
+            policy.check_statement(ctx, statement)
+            rewrite_check.verify_statement(ctx, statement.kind, statement.fields)
+    except (ProxyError, RecursionError):
+        return False
+    return True

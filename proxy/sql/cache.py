@@ -10,6 +10,12 @@ settings, pool mode, level), so no decision is ever shared between scopes:
   not read any literal go there (`Decision.shape_cacheable`); a decision that read
   `SET search_path TO a` or `nextval('s')` is never reused for `… b` or `nextval('t')`.
 
+* template shape → Template (row strategy with the rewrite): a rewritten statement
+  embeds its literals, so what is shared is the rewrite with holes for them
+  (proxy.sql.template); a hit scans the statement, fills the holes and returns the
+  first statement's decision with that SQL. pgbench -S in simple mode (a new literal
+  every time) is served from here.
+
 Entries expire after `ttl` seconds; when a map is full the oldest entry goes first
 (dict insertion order, a sixteenth at a time). Very long statements are not cached (their key alone would
 cost more memory than re-analysing them costs time).
@@ -17,18 +23,22 @@ cost more memory than re-analysing them costs time).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from itertools import islice
 from typing import Callable
 
 from pglast import parser
 
+from proxy.sql import template
 from proxy.sql.analysis import Decision, analyze_uncached
+from proxy.sql.rewrite import rewriting
 from proxy.sql.scope import Scope
 
 MAX_CACHED_CHARS = 8192
 
 _Entry = tuple[float, Decision]  # (expires at, decision)
+_Key = tuple[object, Scope]
 
 
 class Analyzer:
@@ -39,8 +49,9 @@ class Analyzer:
         self.max_entries = max_entries
         self.ttl = ttl
         self._clock = clock
-        self._exact: dict[tuple[str, Scope], _Entry] = {}
-        self._shape: dict[tuple[str, Scope], _Entry] = {}
+        self._exact: dict[_Key, _Entry] = {}
+        self._shape: dict[_Key, _Entry] = {}
+        self._templates: dict[_Key, _Entry] = {}  # (template key, scope) → row rewrite
         self.hits = 0
         self.misses = 0
 
@@ -52,6 +63,11 @@ class Analyzer:
         if entry is not None and entry[0] > now:
             self.hits += 1
             return entry[1]
+        if rewriting(scope):
+            decision = self._from_template(sql, scope, now)
+            if decision is not None:
+                self.hits += 1
+                return decision
         shape = _shape(sql)
         if shape is not None:
             entry = self._shape.get((shape, scope))
@@ -62,6 +78,16 @@ class Analyzer:
         self.misses += 1
         return self._analyze(key, shape, now)
 
+    def _from_template(self, sql: str, scope: Scope, now: float) -> Decision | None:
+        """A row rewrite of the same shape, filled with this statement's literals."""
+        found = template.shape(sql)
+        entry = self._templates.get((found.key, scope)) if found is not None else None
+        if entry is None or entry[0] <= now:
+            return None
+        decision = entry[1]
+        text = decision.template.fill(found) if decision.template is not None else None
+        return dataclasses.replace(decision, sql=text) if text is not None else None
+
     def _analyze(self, key: tuple[str, Scope], shape: str | None, now: float) -> Decision:
         decision = analyze_uncached(*key)
         if len(key[0]) > MAX_CACHED_CHARS:
@@ -70,10 +96,11 @@ class Analyzer:
         self._store(self._exact, key, entry)
         if shape is not None and decision.shape_cacheable:
             self._store(self._shape, (shape, key[1]), entry)
+        if decision.template is not None:
+            self._store(self._templates, (decision.template.key, key[1]), entry)
         return decision
 
-    def _store(self, table: dict[tuple[str, Scope], _Entry], key: tuple[str, Scope],
-               entry: _Entry) -> None:
+    def _store(self, table: dict[_Key, _Entry], key: _Key, entry: _Entry) -> None:
         table.pop(key, None)  # re-inserting moves the key to the young end
         if len(table) >= self.max_entries:
             # Drop the oldest sixteenth at once: deleting one key at a time from the
@@ -86,9 +113,10 @@ class Analyzer:
         """Forget everything (config reload: scopes and rules may have changed)."""
         self._exact.clear()
         self._shape.clear()
+        self._templates.clear()
 
     def __len__(self) -> int:
-        return len(self._exact) + len(self._shape)
+        return len(self._exact) + len(self._shape) + len(self._templates)
 
 
 def _shape(sql: str) -> str | None:

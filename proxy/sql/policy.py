@@ -12,7 +12,7 @@ import re
 from typing import Any, Callable
 
 from proxy.errors import NotSupported, PolicyDenied
-from proxy.sql import ddl, settings, walker
+from proxy.sql import ddl, rewrite, settings, walker
 from proxy.sql.nodes import NotAName, Statement, strings, unwrap
 from proxy.sql.reach import Context
 
@@ -39,11 +39,15 @@ def describe(kind: str) -> str:
 
 
 def row_hook(ctx: Context, kind: str, fields: dict[str, Any]) -> None:
-    """Extension point: the row strategy's rewriting will plug in here.
+    """The row strategy's rewrite of a checked query, DML or COPY statement (in place).
 
-    For now the row strategy is analysed like `database` (RLS on the server is the
-    control), with the shared-database rules for settings, channels and locks.
+    With `row.enforce: rls` (or no table catalog) nothing changes: the statement is
+    analysed like `database`, with the shared-database rules for settings, channels
+    and locks, and RLS on the server is the control. With `rewrite` or `both`, every
+    tenant-table reference is confined to the tenant (proxy.sql.rewrite); the analysis
+    then deparses, re-parses and re-checks the result before it is sent.
     """
+    rewrite.apply(ctx, kind, fields)
 
 
 def _dml(kind: str) -> _Check:
@@ -60,10 +64,16 @@ def _dml(kind: str) -> _Check:
 
 def _query(ctx: Context, kind: str, fields: dict[str, Any]) -> None:
     """A query or DML statement, top level or under PREPARE/DECLARE."""
-    if kind == "MergeStmt" and ctx.scope.strategy == "row":
-        raise NotSupported("MERGE is not supported for the row strategy",
-                           rule="row-strategy")
-    walker.visit(ctx, kind, fields, 1)
+    if kind == "MergeStmt" and ctx.scope.strategy == "row" and not rewrite.active(ctx):
+        raise NotSupported("MERGE is not supported for the row strategy without the "
+                           "rewrite", rule="row-strategy")
+    # The walker refuses data-modifying statements below the top level for the row
+    # strategy; the rewriter handles those of the top-level WITH, so they are checked
+    # here as the top-level statements they behave like.
+    checked, nested = rewrite.split_dml_ctes(ctx, fields)
+    walker.visit(ctx, kind, checked, 1)
+    for nested_kind, nested_fields in nested:
+        walker.visit(ctx, nested_kind, nested_fields, 1)
     row_hook(ctx, kind, fields)
 
 
@@ -115,6 +125,7 @@ def _copy(ctx: Context, fields: dict[str, Any]) -> None:
         walker.visit(ctx, "RangeVar", fields["relation"], 2)
     walker.walk(ctx, fields.get("query"), 1)
     walker.walk(ctx, fields.get("whereClause"), 1)
+    row_hook(ctx, "CopyStmt", fields)
 
 
 def _session_feature(feature: str, alternative: str) -> None:

@@ -1,0 +1,288 @@
+"""Check rewritten SQL, as parsed again from the text about to be sent (THREATS 4.5).
+
+The rewriter's output is deparsed, parsed again, run through the whole existing policy,
+and then through `verify_statement`, which proves on that final tree — not on the tree
+the rewriter built — that tenant rows are confined:
+
+* every read of a tenant table is the canonical derived table
+  `(SELECT * FROM s.t WHERE t.<col> = '<key>' OFFSET 0)`, and nothing else names one;
+* every UPDATE/DELETE/MERGE target carries `<target>.<col> = '<key>'` as a top-level
+  conjunct of its WHERE / ON (and of every WHEN NOT MATCHED BY SOURCE condition), and
+  no assignment writes the tenant column;
+* every INSERT (and MERGE INSERT) names the tenant column with the key as a literal.
+
+Any doubt raises 0A000 rule "rewrite-check"; the statement is then never forwarded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy.errors import NotSupported, ProxyError
+from proxy.sql import rewrite, rewrite_dml
+from proxy.sql.nodes import FIELD_TYPES, const_value, strings, unwrap
+from proxy.sql.rewrite import NO_CTES, Ctes, RowContext
+
+_SKIP = frozenset({"LockingClause", "A_Const", "ColumnRef", "ParamRef", "String",
+                   "Integer", "Float", "Boolean", "BitString", "A_Star", "TypeName"})
+_WRAPPER_FIELDS = frozenset({"targetList", "fromClause", "whereClause", "limitOffset",
+                             "limitOption", "op"})
+
+
+class CheckFailed(Exception):
+    """The rewritten tree does not confine a tenant-table reference."""
+
+
+def verify_statement(ctx: RowContext, kind: str, fields: dict[str, Any]) -> None:
+    """Raise 0A000 "rewrite-check" unless the statement confines every tenant reference."""
+    try:
+        _statement(ctx, kind, fields)
+    except (CheckFailed, ProxyError, LookupError, TypeError, ValueError) as exc:
+        raise NotSupported("the statement could not be rewritten safely",
+                           rule="rewrite-check", detail=None) from exc
+
+
+def _statement(ctx: RowContext, kind: str, fields: dict[str, Any]) -> None:
+    if kind == "SelectStmt":
+        _select(ctx, fields, NO_CTES, top=True)
+    elif kind in rewrite.DML_KINDS:
+        _dml(ctx, kind, fields, NO_CTES, top=True)
+    elif kind == "CopyStmt":
+        _copy(ctx, fields)
+    elif kind in ("DeclareCursorStmt", "PrepareStmt", "ExplainStmt"):
+        query = unwrap(fields.get("query"))
+        if query is not None:
+            _statement(ctx, query[0], query[1])
+        _fields(ctx, kind, fields, NO_CTES, skip=("query",))
+    else:
+        _node(ctx, kind, fields, NO_CTES)
+
+
+def _select(ctx: RowContext, fields: dict[str, Any], ctes: Ctes, top: bool = False) -> None:
+    ctes = _with(ctx, fields.get("withClause"), ctes, top)
+    for key, value in fields.items():
+        if key in ("withClause", "lockingClause") or not value:
+            continue
+        if key in ("larg", "rarg"):
+            _select(ctx, value, ctes)
+        elif key == "fromClause":
+            for item in value:
+                _from_item(ctx, item, ctes)
+        elif key == "intoClause":
+            raise CheckFailed("SELECT INTO")
+        else:
+            _walk(ctx, value, ctes)
+
+
+def _with(ctx: RowContext, with_fields: dict[str, Any] | None, ctes: Ctes, top: bool) -> Ctes:
+    if not with_fields:
+        return ctes
+    for visible, kind, query in rewrite.cte_queries(with_fields, ctes):
+        if kind == "SelectStmt":
+            _select(ctx, query, visible)
+        elif kind in rewrite.DML_KINDS and top:
+            _dml(ctx, kind, query, visible, top=False)
+        else:
+            raise CheckFailed(f"{kind} in WITH")
+    return ctes | rewrite.cte_names(with_fields)
+
+
+def _from_item(ctx: RowContext, node: Any, ctes: Ctes) -> None:
+    kind, fields = unwrap(node) or ("", {})
+    if kind == "RangeVar":
+        _read(ctx, fields, ctes)
+    elif kind == "RangeSubselect":
+        if not _confined(ctx, fields):
+            _fields(ctx, kind, fields, ctes)
+    elif kind == "JoinExpr":
+        _from_item(ctx, fields.get("larg"), ctes)
+        _from_item(ctx, fields.get("rarg"), ctes)
+        _walk(ctx, fields.get("quals"), ctes)
+    elif kind == "RangeTableSample":
+        _read(ctx, unwrap(fields.get("relation"))[1], ctes)
+        _fields(ctx, kind, fields, ctes, skip=("relation",))
+    elif kind in ("RangeFunction", "RangeTableFunc", "JsonTable"):
+        _fields(ctx, kind, fields, ctes)
+    else:
+        raise CheckFailed(f"{kind} in FROM")
+
+
+def _read(ctx: RowContext, rv: dict[str, Any], ctes: Ctes) -> None:
+    """A bare FROM-list relation: a CTE, a catalog, or a qualified shared table only."""
+    found = rewrite.resolve(ctx, rv, ctes)
+    if found is not None and (found.table is not None or rv.get("schemaname") is None):
+        raise CheckFailed(f"unconfined relation {found.name}")
+
+
+def _confined(ctx: RowContext, fields: dict[str, Any]) -> bool:
+    """Is this derived table the canonical confinement of one tenant table?"""
+    sub = unwrap(fields.get("subquery"))
+    if sub is None or sub[0] != "SelectStmt" or set(sub[1]) - _WRAPPER_FIELDS:
+        return False
+    query = sub[1]
+    if query.get("op") != "SETOP_NONE" or len(query.get("targetList") or ()) != 1 \
+            or not _is_plain_star(query["targetList"][0]) \
+            or not _is_int_zero(query.get("limitOffset")):
+        return False
+    items = query.get("fromClause") or []
+    item = unwrap(items[0]) if len(items) == 1 else None
+    if item is not None and item[0] == "RangeTableSample":
+        _fields(ctx, "RangeTableSample", item[1], NO_CTES, skip=("relation",))
+        item = unwrap(item[1].get("relation"))
+    if item is None or item[0] != "RangeVar" or item[1].get("alias") \
+            or not item[1].get("schemaname"):
+        return False
+    found = rewrite.resolve(ctx, item[1], NO_CTES)
+    if found is None or found.table is None:
+        return False
+    return _is_predicate(ctx, query.get("whereClause"), item[1]["relname"])
+
+
+def _is_plain_star(node: Any) -> bool:
+    item = unwrap(node)
+    if item is None or item[0] != "ResTarget" or set(item[1]) - {"val", "location"}:
+        return False
+    value = unwrap(item[1].get("val"))
+    return value is not None and value[0] == "ColumnRef" \
+        and [unwrap(f)[0] for f in value[1].get("fields") or ()] == ["A_Star"]
+
+
+def _is_int_zero(node: Any) -> bool:
+    item = unwrap(node)
+    return item is not None and item[0] == "A_Const" and "ival" in item[1] \
+        and const_value(item[1]) == 0
+
+
+def _is_predicate(ctx: RowContext, node: Any, relation: str) -> bool:
+    """`<relation>.<tenant column> = '<key>'`, exactly."""
+    item = unwrap(node)
+    if item is None or item[0] != "A_Expr" or item[1].get("kind") != "AEXPR_OP":
+        return False
+    left, right = unwrap(item[1].get("lexpr")), unwrap(item[1].get("rexpr"))
+    return (strings(item[1].get("name")) == ["="]
+            and left is not None and left[0] == "ColumnRef"
+            and strings(left[1].get("fields")) == [relation, ctx.column]
+            and right is not None and right[0] == "A_Const" and "sval" in right[1]
+            and const_value(right[1]) == ctx.key)
+
+
+def _has_conjunct(ctx: RowContext, node: Any, relation: str) -> bool:
+    """Is the tenant predicate a top-level conjunct of this condition?"""
+    if _is_predicate(ctx, node, relation):
+        return True
+    item = unwrap(node)
+    return (item is not None and item[0] == "BoolExpr"
+            and item[1].get("boolop") == "AND_EXPR"
+            and any(_has_conjunct(ctx, arg, relation) for arg in item[1].get("args") or ()))
+
+
+def _target(ctx: RowContext, rv: dict[str, Any]) -> Any:
+    found = rewrite.resolve(ctx, rv, NO_CTES)
+    if found is None or found.table is None or not rv.get("schemaname"):
+        raise CheckFailed("target")
+    return found.table
+
+
+def _dml(ctx: RowContext, kind: str, fields: dict[str, Any], ctes: Ctes, top: bool) -> None:
+    ctes = _with(ctx, fields.get("withClause"), ctes, top)
+    rv = fields["relation"]
+    table = _target(ctx, rv)
+    ref = rewrite.ref_name(rv)
+    for key in ("fromClause", "usingClause"):
+        for item in fields.get(key) or ():
+            _from_item(ctx, item, ctes)
+    if kind in ("UpdateStmt", "DeleteStmt"):
+        rewrite_dml.deny_assignment(ctx, fields.get("targetList"))
+        if not _has_conjunct(ctx, fields.get("whereClause"), ref):
+            raise CheckFailed("target predicate")
+    elif kind == "InsertStmt":
+        _insert(ctx, fields, ctes, ref)
+    else:
+        _merge(ctx, fields, ctes, ref, table)
+    _fields(ctx, kind, fields, ctes, skip=("withClause", "relation", "fromClause",
+                                           "usingClause", "sourceRelation", "selectStmt",
+                                           "cols"))
+
+
+def _insert(ctx: RowContext, fields: dict[str, Any], ctes: Ctes, ref: str) -> None:
+    names = rewrite_dml.column_names(ctx, fields.get("cols"))
+    query = unwrap(fields.get("selectStmt"))
+    if ctx.column not in names or query is None or query[0] != "SelectStmt":
+        raise CheckFailed("insert without the tenant column")
+    rewrite_dml.check_source(ctx, query[1], names.index(ctx.column), len(names))
+    _select(ctx, query[1], ctes)
+    clause = fields.get("onConflictClause") or {}
+    if clause.get("action") == "ONCONFLICT_UPDATE":
+        rewrite_dml.deny_assignment(ctx, clause.get("targetList"))
+        if not _has_conjunct(ctx, clause.get("whereClause"), ref):
+            raise CheckFailed("on conflict predicate")
+
+
+def _merge(ctx: RowContext, fields: dict[str, Any], ctes: Ctes, ref: str, table: Any) -> None:
+    _from_item(ctx, fields.get("sourceRelation"), ctes)
+    if not _has_conjunct(ctx, fields.get("joinCondition"), ref):
+        raise CheckFailed("merge join predicate")
+    for node in fields.get("mergeWhenClauses") or ():
+        clause = unwrap(node)[1]
+        if clause.get("matchKind") == "MERGE_WHEN_NOT_MATCHED_BY_SOURCE" \
+                and not _has_conjunct(ctx, clause.get("condition"), ref):
+            raise CheckFailed("merge by-source predicate")
+        if clause.get("commandType") == "CMD_UPDATE":
+            rewrite_dml.deny_assignment(ctx, clause.get("targetList"))
+        elif clause.get("commandType") == "CMD_INSERT":
+            names = rewrite_dml.column_names(ctx, clause.get("targetList"))
+            values = clause.get("values") or []
+            if ctx.column not in names or len(values) != len(names):
+                raise CheckFailed("merge insert without the tenant column")
+            rewrite_dml.check_key_literal(ctx, values[names.index(ctx.column)])
+
+
+def _copy(ctx: RowContext, fields: dict[str, Any]) -> None:
+    if fields.get("is_from"):
+        raise CheckFailed("COPY FROM")
+    if fields.get("relation"):
+        _read(ctx, fields["relation"], NO_CTES)
+    query = unwrap(fields.get("query"))
+    if query is not None:
+        if query[0] != "SelectStmt":
+            raise CheckFailed("COPY of a data-modifying statement")
+        _select(ctx, query[1], NO_CTES)
+
+
+def _walk(ctx: RowContext, node: Any, ctes: Ctes) -> None:
+    """A wrapped node or a list of them: queries inside are checked, a relation fails."""
+    if isinstance(node, list):
+        for item in node:
+            _walk(ctx, item, ctes)
+        return
+    if not isinstance(node, dict) or not node:
+        return
+    item = unwrap(node)
+    if item is None:
+        raise CheckFailed("tree shape")
+    _node(ctx, item[0], item[1], ctes)
+
+
+def _node(ctx: RowContext, kind: str, fields: dict[str, Any], ctes: Ctes) -> None:
+    if kind in _SKIP:
+        return
+    if kind == "SelectStmt":
+        _select(ctx, fields, ctes)
+    elif kind in ("RangeVar", "IntoClause", "WithClause") or kind in rewrite.DML_KINDS:
+        raise CheckFailed(f"{kind} outside a checked position")
+    else:
+        _fields(ctx, kind, fields, ctes)
+
+
+def _fields(ctx: RowContext, kind: str, fields: dict[str, Any], ctes: Ctes,
+            skip: tuple[str, ...] = ()) -> None:
+    """The children of a node of type `kind`, but not those named in `skip`."""
+    typed = FIELD_TYPES.get(kind, {})
+    for key, value in fields.items():
+        if key in skip:
+            continue
+        if key in typed:
+            if isinstance(value, dict) and value:
+                _node(ctx, typed[key], value, ctes)
+        else:
+            _walk(ctx, value, ctes)

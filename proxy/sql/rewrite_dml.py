@@ -1,0 +1,327 @@
+"""Row strategy rewrite of writes: INSERT, UPDATE, DELETE, MERGE, and COPY … TO.
+
+* UPDATE/DELETE: `AND <target>.<col> = '<key>'` on the target; FROM/USING items and
+  every subquery are rewritten like any query (THREATS 35, 36).
+* INSERT: the tenant column is added with the key when absent; when the client names
+  it, the value must be a literal equal to the key (THREATS 34). Positional inserts get
+  their column list from the catalog. ON CONFLICT DO UPDATE only updates the tenant's
+  own conflicting row (THREATS 37).
+* MERGE: the tenant predicate joins the ON condition and every WHEN NOT MATCHED BY
+  SOURCE condition (those rows are the target's unmatched rows); INSERT actions are
+  forced like INSERT (THREATS 38).
+* COPY t TO STDOUT becomes COPY (SELECT … FROM <derived table>) TO STDOUT (THREATS 39).
+* Assigning the tenant column (SET, ON CONFLICT, MERGE UPDATE) is refused (42501); a
+  shared table is never a target (42501); a data-modifying CTE is rewritten like a
+  top-level statement (THREATS 33).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy.errors import NotSupported, PolicyDenied
+from proxy.sql import rewrite
+from proxy.sql.nodes import const_value, unwrap
+from proxy.sql.rewrite import Ctes, RowContext
+from proxy.sql.rowmodel import RowTable
+
+_INSERT_ALIAS = "tenantgate_insert"
+
+
+def statement(ctx: RowContext, kind: str, fields: dict[str, Any], ctes: Ctes,
+              top: bool) -> None:
+    """One INSERT/UPDATE/DELETE/MERGE, top level or in a WITH."""
+    ctes = rewrite.with_clause(ctx, fields.get("withClause"), ctes, top)
+    _STATEMENTS[kind](ctx, fields, ctes)
+
+
+def _update(ctx: RowContext, fields: dict[str, Any], ctes: Ctes) -> None:
+    rv = fields["relation"]
+    rewrite.write_target(ctx, rv)
+    deny_assignment(ctx, fields.get("targetList"))
+    _from_items(ctx, fields, "fromClause", ctes)
+    _restrict_target(ctx, fields, ctes, rv)
+
+
+def _delete(ctx: RowContext, fields: dict[str, Any], ctes: Ctes) -> None:
+    rv = fields["relation"]
+    rewrite.write_target(ctx, rv)
+    _from_items(ctx, fields, "usingClause", ctes)
+    _restrict_target(ctx, fields, ctes, rv)
+
+
+def _from_items(ctx: RowContext, fields: dict[str, Any], key: str, ctes: Ctes) -> None:
+    if fields.get(key):
+        fields[key] = [rewrite.from_item(ctx, item, ctes) for item in fields[key]]
+
+
+def _restrict_target(ctx: RowContext, fields: dict[str, Any], ctes: Ctes,
+                     rv: dict[str, Any]) -> None:
+    for key in ("targetList", "whereClause"):
+        rewrite.expr(ctx, fields.get(key), ctes)
+    returning(ctx, fields, ctes)
+    where = fields.get("whereClause")
+    if unwrap(where) and unwrap(where)[0] == "CurrentOfExpr":
+        raise NotSupported("WHERE CURRENT OF is not supported for the row strategy",
+                           rule="row-strategy")
+    fields["whereClause"] = rewrite.conjoin(where, rewrite.tenant_predicate(
+        ctx, rewrite.ref_name(rv)))
+
+
+def returning(ctx: RowContext, fields: dict[str, Any], ctes: Ctes) -> None:
+    if fields.get("returningClause"):
+        rewrite.visit(ctx, "ReturningClause", fields["returningClause"], ctes)
+
+
+def deny_assignment(ctx: RowContext, targets: list[Any] | None) -> None:
+    """Refuse `SET <tenant column> = …` in any form (also `SET (a, tenant_id) = …`)."""
+    for node in targets or ():
+        item = unwrap(node)
+        if item is None or item[0] != "ResTarget":
+            raise NotSupported("an assignment of this form is not supported",
+                               rule="node-allowlist")
+        if item[1].get("name") == ctx.column:
+            raise _tenant_column()
+
+
+def _tenant_column() -> PolicyDenied:
+    return PolicyDenied("the tenant column can only hold the tenant's own key",
+                        rule="tenant-column")
+
+
+# --- INSERT ------------------------------------------------------------------------------
+
+def _insert(ctx: RowContext, fields: dict[str, Any], ctes: Ctes) -> None:
+    rv = fields["relation"]
+    table = rewrite.write_target(ctx, rv).table
+    assert table is not None
+    names = column_names(ctx, fields.get("cols"))
+    query = unwrap(fields.get("selectStmt"))
+    if query is None:  # DEFAULT VALUES
+        fields["cols"] = [_res_target(ctx.column)]
+        fields["selectStmt"] = _values([[rewrite.string_const(ctx.key)]])
+    else:
+        if query[0] != "SelectStmt":
+            raise NotSupported("INSERT of this form is not supported", rule="node-allowlist")
+        rewrite.select(ctx, query[1], ctes)
+        if not names:
+            names = _positional(table, _arity(query[1]))
+            fields["cols"] = [_res_target(n) for n in names]
+        fields["selectStmt"] = _force_query(ctx, fields, names, fields["selectStmt"])
+    _on_conflict(ctx, fields.get("onConflictClause"), ctes, rv)
+    returning(ctx, fields, ctes)
+
+
+def column_names(ctx: RowContext, cols: list[Any] | None) -> list[str]:
+    names = []
+    for node in cols or ():
+        item = unwrap(node)
+        if item is None or item[0] != "ResTarget":
+            raise NotSupported("a column list of this form is not supported",
+                               rule="node-allowlist")
+        if item[1].get("name") == ctx.column and item[1].get("indirection"):
+            raise _tenant_column()  # tenant_id[1], tenant_id.field
+        names.append(item[1].get("name", ""))
+    return names
+
+
+def _res_target(name: str) -> dict[str, Any]:
+    return {"ResTarget": {"name": name}}
+
+
+def _values(rows: list[list[Any]]) -> dict[str, Any]:
+    return {"SelectStmt": {"valuesLists": [{"List": {"items": row}} for row in rows],
+                           "limitOption": "LIMIT_OPTION_DEFAULT", "op": "SETOP_NONE"}}
+
+
+def _positional(table: RowTable, arity: int | None) -> list[str]:
+    """`INSERT INTO t VALUES (…)`: the first `arity` columns, in catalog order."""
+    if arity is None or not table.columns or arity > len(table.columns):
+        raise NotSupported(f"INSERT INTO {table.name} without a column list is not supported "
+                           f"here; name the columns", rule="row-insert")
+    return list(table.columns[:arity])
+
+
+def _arity(fields: dict[str, Any]) -> int | None:
+    """How many columns a query returns, when the tree alone says (no `*`)."""
+    if fields.get("op", "SETOP_NONE") != "SETOP_NONE":
+        return _arity(fields.get("larg") or {})
+    if fields.get("valuesLists"):
+        return len(_rows(fields)[0])
+    targets = fields.get("targetList") or []
+    return None if any(_is_star(t) for t in targets) else len(targets)
+
+
+def _rows(fields: dict[str, Any]) -> list[list[Any]]:
+    rows = []
+    for node in fields.get("valuesLists") or ():
+        item = unwrap(node)
+        if item is None or item[0] != "List":
+            raise NotSupported("VALUES of this form is not supported", rule="node-allowlist")
+        rows.append(item[1].setdefault("items", []))
+    return rows
+
+
+def _is_star(node: Any) -> bool:
+    item = unwrap(node)
+    value = unwrap(item[1].get("val")) if item and item[0] == "ResTarget" else None
+    if value is None or value[0] != "ColumnRef":
+        return False
+    last = (value[1].get("fields") or [{}])[-1]
+    return "A_Star" in last
+
+
+def _force_query(ctx: RowContext, fields: dict[str, Any], names: list[str],
+                 node: dict[str, Any]) -> dict[str, Any]:
+    """The INSERT's source with the tenant column forced; returns the (new) source."""
+    query = node["SelectStmt"]
+    if ctx.column in names:
+        check_source(ctx, query, names.index(ctx.column), len(names))
+        return node
+    fields["cols"].append(_res_target(ctx.column))
+    key = rewrite.string_const(ctx.key)
+    if query.get("op", "SETOP_NONE") != "SETOP_NONE":
+        # A set operation: `SELECT sub.*, 'key' FROM (<query>) AS sub`.
+        sub = {"RangeSubselect": {"subquery": node, "alias": {"aliasname": _INSERT_ALIAS}}}
+        return rewrite.simple_select([rewrite.star(_INSERT_ALIAS), {"ResTarget": {"val": key}}],
+                                     [sub])
+    if query.get("valuesLists"):
+        for row in _rows(query):
+            row.append(key)
+    else:
+        query.setdefault("targetList", []).append({"ResTarget": {"val": key}})
+    return node
+
+
+def check_source(ctx: RowContext, query: dict[str, Any], index: int, count: int) -> None:
+    """The value the client gives the tenant column must be the key, as a literal."""
+    if query.get("op", "SETOP_NONE") != "SETOP_NONE":
+        check_source(ctx, query.get("larg") or {}, index, count)
+        check_source(ctx, query.get("rarg") or {}, index, count)
+        return
+    if query.get("valuesLists"):
+        for row in _rows(query):
+            check_key_literal(ctx, row[index] if index < len(row) else None)
+        return
+    targets = query.get("targetList") or []
+    if any(_is_star(t) for t in targets):
+        # Only the last position is certain: PostgreSQL requires equal counts.
+        if index != count - 1:
+            raise _tenant_column()
+        index = len(targets) - 1
+    item = unwrap(targets[index]) if index < len(targets) else None
+    check_key_literal(ctx, item[1].get("val") if item and item[0] == "ResTarget" else None)
+
+
+def check_key_literal(ctx: RowContext, node: Any) -> None:
+    """A literal equal to the tenant key; anything else (other value, param, expression,
+    DEFAULT) is refused."""
+    ctx.compared = True
+    item = unwrap(node)
+    if item is None or item[0] != "A_Const" or item[1].get("isnull") \
+            or "boolval" in item[1]:
+        raise _tenant_column()
+    if str(const_value(item[1])) != ctx.key:
+        raise _tenant_column()
+    ctx.key_literals.add(item[1].get("location", -1))
+
+
+def _on_conflict(ctx: RowContext, clause: dict[str, Any] | None, ctes: Ctes,
+                 rv: dict[str, Any]) -> None:
+    if not clause:
+        return
+    if clause.get("action") == "ONCONFLICT_UPDATE":
+        deny_assignment(ctx, clause.get("targetList"))
+        rewrite.expr(ctx, clause.get("targetList"), ctes)
+        rewrite.expr(ctx, clause.get("whereClause"), ctes)
+        clause["whereClause"] = rewrite.conjoin(clause.get("whereClause"),
+                                                rewrite.tenant_predicate(ctx, rewrite.ref_name(rv)))
+    infer = clause.get("infer") or {}
+    rewrite.expr(ctx, infer.get("indexElems"), ctes)
+    rewrite.expr(ctx, infer.get("whereClause"), ctes)
+
+
+# --- MERGE -------------------------------------------------------------------------------
+
+def _merge(ctx: RowContext, fields: dict[str, Any], ctes: Ctes) -> None:
+    rv = fields["relation"]
+    table = rewrite.write_target(ctx, rv).table
+    assert table is not None
+    fields["sourceRelation"] = rewrite.from_item(ctx, fields.get("sourceRelation"), ctes)
+    rewrite.expr(ctx, fields.get("joinCondition"), ctes)
+    predicate = rewrite.tenant_predicate(ctx, rewrite.ref_name(rv))
+    fields["joinCondition"] = rewrite.conjoin(fields.get("joinCondition"), predicate)
+    for node in fields.get("mergeWhenClauses") or ():
+        item = unwrap(node)
+        if item is None or item[0] != "MergeWhenClause":
+            raise NotSupported("MERGE of this form is not supported", rule="node-allowlist")
+        _merge_action(ctx, item[1], ctes, table, rewrite.ref_name(rv))
+    returning(ctx, fields, ctes)
+
+
+def _merge_action(ctx: RowContext, clause: dict[str, Any], ctes: Ctes, table: RowTable,
+                  target: str) -> None:
+    for key in ("condition", "targetList", "values"):
+        rewrite.expr(ctx, clause.get(key), ctes)
+    if clause.get("matchKind") == "MERGE_WHEN_NOT_MATCHED_BY_SOURCE":
+        # Unmatched target rows include every other tenant's: only act on ours.
+        clause["condition"] = rewrite.conjoin(clause.get("condition"),
+                                              rewrite.tenant_predicate(ctx, target))
+    command = clause.get("commandType")
+    if command == "CMD_UPDATE":
+        deny_assignment(ctx, clause.get("targetList"))
+    elif command == "CMD_INSERT":
+        _merge_insert(ctx, clause, table)
+
+
+def _merge_insert(ctx: RowContext, clause: dict[str, Any], table: RowTable) -> None:
+    names = column_names(ctx, clause.get("targetList"))
+    values = clause.get("values")
+    key = rewrite.string_const(ctx.key)
+    if values is None:  # INSERT DEFAULT VALUES
+        clause["targetList"], clause["values"] = [_res_target(ctx.column)], [key]
+        return
+    if not names:
+        names = _positional(table, len(values))
+        clause["targetList"] = [_res_target(n) for n in names]
+    if ctx.column in names:
+        check_key_literal(ctx, values[names.index(ctx.column)])
+        return
+    clause["targetList"].append(_res_target(ctx.column))
+    values.append(key)
+
+
+# --- COPY --------------------------------------------------------------------------------
+
+def copy(ctx: RowContext, fields: dict[str, Any]) -> None:
+    """COPY … TO: a tenant table becomes a query over its derived table."""
+    if fields.get("is_from"):
+        raise NotSupported("COPY FROM STDIN is not supported for the row strategy",
+                           rule="row-strategy")
+    query = unwrap(fields.get("query"))
+    if query is not None:
+        if query[0] != "SelectStmt":
+            raise NotSupported("COPY of a data-modifying statement is not supported for "
+                               "the row strategy", rule="row-strategy")
+        rewrite.select(ctx, query[1], rewrite.NO_CTES)
+        return
+    rv = fields.get("relation")
+    found = rewrite.resolve(ctx, rv, rewrite.NO_CTES) if rv else None
+    if found is None:
+        return
+    ctx.changed = True
+    if found.table is None:
+        rv["schemaname"] = found.schema
+        return
+    columns = [n.get("String", {}).get("sval", "") for n in fields.pop("attlist", None) or ()]
+    columns = columns or list(found.table.columns)
+    targets = [{"ResTarget": {"val": rewrite.column_ref(c)}} for c in columns] \
+        or [rewrite.star()]
+    # COPY t TO reads t alone, never its inheritance children.
+    source = rewrite.derived_table(ctx, found, rv, inh=False)
+    fields["query"] = rewrite.simple_select(targets, [source])
+    del fields["relation"]
+
+
+_STATEMENTS = {"InsertStmt": _insert, "UpdateStmt": _update, "DeleteStmt": _delete,
+               "MergeStmt": _merge}

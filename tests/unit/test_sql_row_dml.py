@@ -1,0 +1,266 @@
+"""Row strategy rewrite of writes: UPDATE/DELETE predicates, the forced tenant column on
+INSERT, ON CONFLICT, MERGE, COPY, data-modifying CTEs (THREATS 33–40)."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.sql import analyze_uncached, nodes
+
+from tests.unit.test_sql_attacks import denied
+from tests.unit.test_sql_row_rewrite import SCOPE, U, confined, rewritten
+
+pytestmark = pytest.mark.timeout(60)
+
+KEY = "'initech'"
+
+
+@pytest.mark.parametrize("sql, expected", [
+    ("UPDATE orders SET status = 'x' WHERE id = 1",
+     f"UPDATE public.orders SET status = 'x' WHERE id = 1 AND orders.tenant_id = {KEY}"),
+    ("UPDATE orders SET status = 'x'",
+     f"UPDATE public.orders SET status = 'x' WHERE orders.tenant_id = {KEY}"),
+    ("UPDATE orders SET status = 'x' WHERE id = 1 OR id = 2",
+     f"UPDATE public.orders SET status = 'x' WHERE (id = 1 OR id = 2) "
+     f"AND orders.tenant_id = {KEY}"),
+    ("UPDATE ONLY orders o SET status = 'x' FROM users u WHERE u.id = o.user_id RETURNING o.id",
+     f"UPDATE ONLY public.orders AS o SET status = 'x' FROM {U} AS u WHERE u.id = o.user_id "
+     f"AND o.tenant_id = {KEY} RETURNING o.id"),
+    ("UPDATE orders SET total = (SELECT count(*) FROM users) WHERE id IN "
+     "(SELECT user_id FROM orders)",
+     f"UPDATE public.orders SET total = (SELECT count(*) FROM {U} AS users) WHERE id IN "
+     f"(SELECT user_id FROM {confined('orders')} AS orders) AND orders.tenant_id = {KEY}"),
+    ("DELETE FROM orders WHERE id = 1",
+     f"DELETE FROM public.orders WHERE id = 1 AND orders.tenant_id = {KEY}"),
+    ("DELETE FROM orders o USING users u WHERE o.user_id = u.id RETURNING *",
+     f"DELETE FROM public.orders AS o USING {U} AS u WHERE o.user_id = u.id "
+     f"AND o.tenant_id = {KEY} RETURNING *"),
+    ("DELETE FROM orders WHERE id IN (SELECT id FROM orders)",
+     f"DELETE FROM public.orders WHERE id IN (SELECT id FROM {confined('orders')} AS orders) "
+     f"AND orders.tenant_id = {KEY}"),
+])
+def test_update_and_delete_only_reach_the_tenants_rows(sql: str, expected: str) -> None:
+    assert rewritten(sql) == expected  # THREATS 35, 36
+
+
+@pytest.mark.parametrize("sql", [
+    "UPDATE orders SET tenant_id = 'globex'", "UPDATE orders SET tenant_id = 'initech'",
+    "UPDATE orders SET tenant_id = DEFAULT", "UPDATE orders o SET tenant_id = o.tenant_id",
+    "UPDATE orders SET (tenant_id, status) = ('globex', 'x')",
+    "UPDATE orders SET (status, tenant_id) = (SELECT 'x', 'globex')",
+    "UPDATE orders SET tenant_id[1] = 'g'",
+    "WITH u AS (UPDATE orders SET tenant_id = 'g' RETURNING 1) SELECT * FROM u",
+])
+def test_assigning_the_tenant_column_is_refused(sql: str) -> None:
+    denied(sql, SCOPE, "42501", "tenant-column")  # THREATS 35
+
+
+@pytest.mark.parametrize("sql, expected", [
+    ("INSERT INTO orders (id, total) VALUES (1, 2.5)",
+     f"INSERT INTO public.orders (id, total, tenant_id) VALUES (1, 2.5, {KEY})"),
+    ("INSERT INTO orders (id) VALUES (1), (2), (DEFAULT)",
+     f"INSERT INTO public.orders (id, tenant_id) VALUES (1, {KEY}), (2, {KEY}), "
+     f"(DEFAULT, {KEY})"),
+    ("INSERT INTO orders DEFAULT VALUES",
+     f"INSERT INTO public.orders (tenant_id) VALUES ({KEY})"),
+    ("INSERT INTO orders (id, tenant_id) VALUES (1, 'initech'), (2, 'initech')",
+     f"INSERT INTO public.orders (id, tenant_id) VALUES (1, {KEY}), (2, {KEY})"),
+    # positional: the catalog's column order (id, tenant_id, user_id, total, status)
+    ("INSERT INTO orders VALUES (1)",
+     f"INSERT INTO public.orders (id, tenant_id) VALUES (1, {KEY})"),
+    ("INSERT INTO orders VALUES (1, 'initech', 7)",
+     f"INSERT INTO public.orders (id, tenant_id, user_id) VALUES (1, {KEY}, 7)"),
+    ("INSERT INTO orders SELECT 1", f"INSERT INTO public.orders (id, tenant_id) SELECT 1, {KEY}"),
+    # INSERT … SELECT: the source is rewritten like any query, the column forced
+    ("INSERT INTO orders (id, user_id) SELECT id, id FROM users WHERE id > 1",
+     f"INSERT INTO public.orders (id, user_id, tenant_id) SELECT id, id, {KEY} "
+     f"FROM {U} AS users WHERE id > 1"),
+    ("INSERT INTO orders (id) SELECT * FROM (VALUES (1)) v",
+     f"INSERT INTO public.orders (id, tenant_id) SELECT *, {KEY} FROM ((VALUES (1))) AS v"),
+    ("INSERT INTO orders (id) SELECT id FROM users UNION SELECT 5",
+     f"INSERT INTO public.orders (id, tenant_id) SELECT tenantgate_insert.*, {KEY} FROM "
+     f"(SELECT id FROM {U} AS users UNION SELECT 5) AS tenantgate_insert"),
+    ("INSERT INTO orders (id, tenant_id) SELECT id, 'initech' FROM users",
+     f"INSERT INTO public.orders (id, tenant_id) SELECT id, {KEY} FROM {U} AS users"),
+    ("INSERT INTO orders (id, tenant_id) SELECT *, 'initech' FROM (VALUES (1)) v",
+     f"INSERT INTO public.orders (id, tenant_id) SELECT *, {KEY} FROM ((VALUES (1))) AS v"),
+    ("INSERT INTO orders (id, tenant_id) SELECT 1, 'initech' UNION SELECT 2, 'initech'",
+     f"INSERT INTO public.orders (id, tenant_id) SELECT 1, {KEY} UNION SELECT 2, {KEY}"),
+    ("WITH s AS (SELECT id FROM users) INSERT INTO orders (id) SELECT id FROM s",
+     f"WITH s AS (SELECT id FROM {U} AS users) INSERT INTO public.orders (id, tenant_id) "
+     f"SELECT id, {KEY} FROM s"),
+    # ON CONFLICT: only the tenant's own conflicting row is updated (THREATS 37)
+    ("INSERT INTO orders (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET status = "
+     "excluded.status RETURNING *",
+     f"INSERT INTO public.orders (id, tenant_id) VALUES (1, {KEY}) ON CONFLICT (id) DO UPDATE "
+     f"SET status = excluded.status WHERE orders.tenant_id = {KEY} RETURNING *"),
+    ("INSERT INTO orders AS o (id) VALUES (1) ON CONFLICT ON CONSTRAINT orders_pkey DO UPDATE "
+     "SET status = 'a' WHERE o.status <> 'b'",
+     f"INSERT INTO public.orders AS o (id, tenant_id) VALUES (1, {KEY}) ON CONFLICT ON "
+     f"CONSTRAINT orders_pkey DO UPDATE SET status = 'a' WHERE o.status <> 'b' "
+     f"AND o.tenant_id = {KEY}"),
+    ("INSERT INTO orders (id) VALUES (1) ON CONFLICT DO NOTHING",
+     f"INSERT INTO public.orders (id, tenant_id) VALUES (1, {KEY}) ON CONFLICT DO NOTHING"),
+    ("INSERT INTO orders (id, tenant_id) VALUES (1, 'initech') ON CONFLICT (id) DO UPDATE "
+     "SET status = excluded.tenant_id",
+     f"INSERT INTO public.orders (id, tenant_id) VALUES (1, {KEY}) ON CONFLICT (id) DO UPDATE "
+     f"SET status = excluded.tenant_id WHERE orders.tenant_id = {KEY}"),
+])
+def test_insert_forces_the_tenant_column(sql: str, expected: str) -> None:
+    assert rewritten(sql) == expected  # THREATS 34, 37
+
+
+def test_an_integer_key_is_compared_as_text() -> None:
+    from proxy.sql import Scope
+    from tests.unit.test_sql_row_rewrite import CATALOG
+
+    scope = Scope("row", row_column="tenant_id", tenant_key="42", row_catalog=CATALOG)
+    assert analyze_uncached("INSERT INTO orders (id, tenant_id) VALUES (1, 42)",
+                            scope).sql == ("INSERT INTO public.orders (id, tenant_id) "
+                                           "VALUES (1, 42)")
+    denied("INSERT INTO orders (id, tenant_id) VALUES (1, 43)", scope, "42501", "tenant-column")
+
+
+@pytest.mark.parametrize("sql", [
+    "INSERT INTO orders (id, tenant_id) VALUES (1, 'globex')",
+    "INSERT INTO orders (id, tenant_id) VALUES (1, 'initech'), (2, 'globex')",
+    "INSERT INTO orders (id, tenant_id) VALUES (1, $1)",
+    "INSERT INTO orders (id, tenant_id) VALUES (1, DEFAULT)",
+    "INSERT INTO orders (id, tenant_id) VALUES (1, NULL)",
+    "INSERT INTO orders (id, tenant_id) VALUES (1, 'initech'::text)",
+    "INSERT INTO orders (id, tenant_id) VALUES (1, lower('INITECH'))",
+    "INSERT INTO orders (id, tenant_id) VALUES (1, (SELECT 'initech'))",
+    "INSERT INTO orders VALUES (1, 'globex')",
+    "INSERT INTO orders (id, tenant_id) SELECT id, tenant_id FROM users",
+    "INSERT INTO orders (tenant_id, id) SELECT *, 1 FROM (VALUES ('initech')) v",
+    "INSERT INTO orders (id, tenant_id) SELECT 1, 'initech' UNION SELECT 2, 'globex'",
+    "INSERT INTO orders (id, tenant_id[1]) VALUES (1, 'x')",
+    "INSERT INTO orders (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET tenant_id = 'x'",
+    "INSERT INTO orders (id) VALUES (1) ON CONFLICT (id) DO UPDATE "
+    "SET tenant_id = excluded.tenant_id",
+])
+def test_insert_with_another_or_unproven_tenant_is_refused(sql: str) -> None:
+    denied(sql, SCOPE, "42501", "tenant-column")  # THREATS 34
+
+
+@pytest.mark.parametrize("sql", [
+    "INSERT INTO orders VALUES (1, 'initech', 1, 2, 'x', 'too many')",
+    "INSERT INTO orders SELECT * FROM users",
+    "INSERT INTO orders SELECT id, * FROM users",
+])
+def test_positional_insert_needs_a_known_column_count(sql: str) -> None:
+    denied(sql, SCOPE, "0A000", "row-insert")
+
+
+@pytest.mark.parametrize("sql, expected", [
+    ("MERGE INTO orders o USING users u ON o.user_id = u.id WHEN MATCHED THEN "
+     "UPDATE SET status = u.name WHEN NOT MATCHED THEN INSERT (id) VALUES (u.id)",
+     f"MERGE INTO public.orders AS o USING {U} AS u ON o.user_id = u.id AND o.tenant_id = "
+     f"{KEY} WHEN MATCHED THEN UPDATE SET status = u.name WHEN NOT MATCHED THEN "
+     f"INSERT (id, tenant_id) VALUES (u.id, {KEY})"),
+    ("MERGE INTO orders t USING (SELECT 1 AS id) s ON t.id = s.id WHEN NOT MATCHED "
+     "THEN INSERT DEFAULT VALUES",
+     f"MERGE INTO public.orders AS t USING (SELECT 1 AS id) AS s ON t.id = s.id AND "
+     f"t.tenant_id = {KEY} WHEN NOT MATCHED THEN INSERT (tenant_id) VALUES ({KEY})"),
+    ("MERGE INTO orders t USING users s ON t.id = s.id WHEN NOT MATCHED THEN "
+     "INSERT VALUES (s.id, 'initech')",
+     f"MERGE INTO public.orders AS t USING {U} AS s ON t.id = s.id AND t.tenant_id = {KEY} "
+     f"WHEN NOT MATCHED THEN INSERT (id, tenant_id) VALUES (s.id, {KEY})"),
+    # unmatched target rows include every other tenant's: the action is confined too
+    ("MERGE INTO orders t USING users s ON t.id = s.id WHEN NOT MATCHED BY SOURCE "
+     "AND t.total > 1 THEN DELETE",
+     f"MERGE INTO public.orders AS t USING {U} AS s ON t.id = s.id AND t.tenant_id = {KEY} "
+     f"WHEN NOT MATCHED BY SOURCE AND t.total > 1 AND t.tenant_id = {KEY} THEN DELETE"),
+])
+def test_merge_is_confined(sql: str, expected: str) -> None:
+    assert rewritten(sql) == expected  # THREATS 38
+
+
+@pytest.mark.parametrize("sql, sqlstate, rule", [
+    ("MERGE INTO orders t USING users s ON true WHEN MATCHED THEN UPDATE SET tenant_id = 'g'",
+     "42501", "tenant-column"),
+    ("MERGE INTO orders t USING users s ON true WHEN NOT MATCHED THEN "
+     "INSERT (id, tenant_id) VALUES (1, s.tenant_id)", "42501", "tenant-column"),
+    ("MERGE INTO countries t USING users s ON true WHEN MATCHED THEN DELETE", "42501",
+     "shared-read-only"),
+    ("MERGE INTO orders t USING secrets s ON true WHEN MATCHED THEN DELETE", "42P01",
+     "relation-reach"),
+])
+def test_merge_refusals(sql: str, sqlstate: str, rule: str) -> None:
+    denied(sql, SCOPE, sqlstate, rule)
+
+
+@pytest.mark.parametrize("sql, expected", [
+    ("COPY orders TO STDOUT",
+     "COPY (SELECT id, tenant_id, user_id, total, status FROM "
+     f"{confined('orders', only=True)} AS orders) TO STDOUT"),
+    ("COPY public.orders (id, total) TO STDOUT WITH (FORMAT csv, HEADER)",
+     f"COPY (SELECT id, total FROM {confined('orders', only=True)} AS orders) TO STDOUT "
+     f"WITH (FORMAT csv, HEADER)"),
+    ("COPY (SELECT * FROM orders WHERE id = 7) TO STDOUT",
+     f"COPY (SELECT * FROM {confined('orders')} AS orders WHERE id = 7) TO STDOUT"),
+    ("COPY countries TO STDOUT", "COPY public.countries TO STDOUT"),
+])
+def test_copy_to_is_confined(sql: str, expected: str) -> None:
+    assert rewritten(sql) == expected  # THREATS 39
+
+
+@pytest.mark.parametrize("sql, sqlstate, rule", [
+    ("COPY orders FROM STDIN", "0A000", "row-strategy"),
+    ("COPY orders (id) FROM STDIN WITH (FORMAT csv)", "0A000", "row-strategy"),
+    ("COPY orders TO '/tmp/x'", "42501", "copy"),
+    ("COPY orders FROM PROGRAM 'id'", "42501", "copy"),
+    ("COPY (DELETE FROM orders RETURNING *) TO STDOUT", "0A000", "row-strategy"),
+    ("TRUNCATE orders", "42501", "statement-type"),  # THREATS 40
+    ("LOCK TABLE orders", "42501", "statement-type"),
+    ("UPDATE orders SET status = 'x' WHERE CURRENT OF c", "0A000", "row-strategy"),
+])
+def test_copy_truncate_and_other_refusals(sql: str, sqlstate: str, rule: str) -> None:
+    denied(sql, SCOPE, sqlstate, rule)
+
+
+@pytest.mark.parametrize("sql", [
+    "INSERT INTO countries (code) VALUES ('x')", "UPDATE countries SET name = 'x'",
+    "DELETE FROM ref.currencies", "INSERT INTO orders (id) SELECT 1 FROM countries "
+    "RETURNING (SELECT 1); DELETE FROM countries",
+    "WITH d AS (DELETE FROM countries RETURNING *) SELECT * FROM d",
+])
+def test_shared_tables_are_read_only(sql: str) -> None:
+    denied(sql, SCOPE, "42501", "shared-read-only")
+
+
+@pytest.mark.parametrize("sql", [
+    "INSERT INTO secrets VALUES (1)", "UPDATE secrets SET x = 1", "DELETE FROM other.t",
+])
+def test_writes_out_of_reach_are_hidden(sql: str) -> None:
+    denied(sql, SCOPE, "42P01", "relation-reach")
+
+
+@pytest.mark.parametrize("sql, expected", [
+    ("WITH d AS (DELETE FROM orders WHERE id = 1 RETURNING *) SELECT * FROM d",
+     f"WITH d AS (DELETE FROM public.orders WHERE id = 1 AND orders.tenant_id = {KEY} "
+     f"RETURNING *) SELECT * FROM d"),
+    ("WITH i AS (INSERT INTO orders (id) VALUES (1) RETURNING id) "
+     "UPDATE users SET name = 'x' WHERE id IN (SELECT id FROM i)",
+     f"WITH i AS (INSERT INTO public.orders (id, tenant_id) VALUES (1, {KEY}) RETURNING id) "
+     f"UPDATE public.users SET name = 'x' WHERE id IN (SELECT id FROM i) "
+     f"AND users.tenant_id = {KEY}"),
+    ("WITH u AS (UPDATE orders SET status = 'x' RETURNING id) "
+     "INSERT INTO users (id) SELECT id FROM u",
+     f"WITH u AS (UPDATE public.orders SET status = 'x' WHERE orders.tenant_id = {KEY} "
+     f"RETURNING id) INSERT INTO public.users (id, tenant_id) SELECT id, {KEY} FROM u"),
+])
+def test_data_modifying_ctes_are_rewritten_like_statements(sql: str, expected: str) -> None:
+    assert rewritten(sql) == expected  # THREATS 33
+
+
+def test_data_modifying_ctes_below_the_top_level_stay_refused() -> None:
+    denied("SELECT * FROM (WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d) x",
+           SCOPE, "0A000", "row-strategy")
+
+
+def test_every_rewritten_write_parses_again() -> None:
+    for sql in ["UPDATE orders SET status = 'x'", "INSERT INTO orders DEFAULT VALUES",
+                "MERGE INTO orders t USING users s ON true WHEN MATCHED THEN DELETE",
+                "COPY orders TO STDOUT"]:
+        assert len(nodes.parse(rewritten(sql))) == 1
