@@ -18,6 +18,7 @@ from proxy.observability.logging import configure, get_logger
 from proxy.observability.observer import Observer
 from proxy.pool.pool import Pool
 from proxy.sql import Analyzer
+from proxy.tenancy.rowcatalogs import RowCatalogs
 
 EXPIRY_INTERVAL = 5.0  # seconds between idle-connection sweeps
 
@@ -28,6 +29,7 @@ class App:
         self.log = get_logger()
         self.pools: dict[tuple[str, str], Pool] = {}
         self.analyzer = Analyzer(ttl=config.cache_ttl)
+        self.row_catalogs = RowCatalogs(config, self.log)
         self.sessions: set = set()
         self.cancel_keys: dict[tuple[int, bytes], object] = {}
         self.tenant_clients: dict[str, int] = {}
@@ -97,7 +99,9 @@ class App:
         host, port = self.config.listen
         self.log.info("listening", host=host, port=port)
         print(f"tenantgate: listening on {host}:{port}", flush=True)
-        expiry = asyncio.get_running_loop().create_task(self._expire_idle())
+        loop = asyncio.get_running_loop()
+        expiry = loop.create_task(self._expire_idle())
+        self._row_check = loop.create_task(self.row_catalogs.check_all())
         try:
             await self.stopped.wait()
         finally:
@@ -131,6 +135,9 @@ class App:
         old, self.config = self.config, config
         self.ssl_context = ssl_context
         self.analyzer = Analyzer(ttl=config.cache_ttl)
+        # Tables may have been added or fixed: row databases are checked again.
+        self.row_catalogs = RowCatalogs(config, self.log)
+        self._row_check = asyncio.get_running_loop().create_task(self.row_catalogs.check_all())
         stale = [session for session in self.sessions if _changed_for(session, old, config)]
         for session in stale:
             session.retire()
@@ -161,8 +168,8 @@ def _changed_for(session, old: Config, new: Config) -> bool:
     return (old.users.get(session.login) != new.users.get(session.login)
             or old.tenants.get(session.tenant) != new.tenants.get(session.tenant)
             or old.clusters.get(session.plan.cluster) != new.clusters.get(session.plan.cluster)
-            or (old.pool_mode, old.isolation_level, old.shared_schemas)
-            != (new.pool_mode, new.isolation_level, new.shared_schemas))
+            or (old.pool_mode, old.isolation_level, old.shared_schemas, old.row)
+            != (new.pool_mode, new.isolation_level, new.shared_schemas, new.row))
 
 
 async def _main(config: Config) -> int:

@@ -125,11 +125,11 @@ async def start_session(session, startup: StartupMessage) -> None:
     session.startup_params = filter_startup_params(params)
     session.params = dict(session.startup_params)
     session.login = login_name
-    plan = plan_session(config, user, tenant, params.get("database", params["user"]))
-    if plan.strategy == "row":
-        # Fail closed until the row strategy's RLS checks and rewriting exist.
-        raise FatalError("the row strategy is not available yet", sqlstate="0A000",
-                         rule="row-strategy")
+    row_catalog = None
+    if tenant is not None and tenant.strategy == "row" and not user.bypass:
+        row_catalog = await app.row_catalogs.get(tenant.cluster, tenant.database)
+    plan = plan_session(config, user, tenant, params.get("database", params["user"]),
+                        row_catalog=row_catalog)
     session.plan = plan
     session.pool = app.pool_for(plan)
     app.admit(session, tenant)

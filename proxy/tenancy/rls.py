@@ -354,23 +354,29 @@ async def _leakproof_problems(conn) -> list[str]:
 # --- one row database, as `tenantgate check --connect` and the proxy's start see it ---------------
 
 async def check_row_database(conn, config, cluster: str, database: str) -> list[str]:
-    """The problems of one database that holds row tenants of `config`: its catalog must
-    load (shared tables exist, some table has the tenant column) and, unless
-    `row.enforce` is `rewrite`, `verify_rls` must find nothing, for the backend role and
-    the `role`s of the row tenants there."""
+    """The problems of one database that holds row tenants of `config` ([] when none)."""
+    return (await inspect_row_database(conn, config, cluster, database))[1]
+
+
+async def inspect_row_database(conn, config, cluster: str,
+                               database: str) -> tuple[RowCatalog | None, list[str]]:
+    """The catalog of one database that holds row tenants of `config`, and its problems:
+    the catalog must load (shared tables exist, some table has the tenant column) and,
+    unless `row.enforce` is `rewrite`, `verify_rls` must find nothing, for the backend
+    role and the `role`s of the row tenants there."""
     roles = tuple(dict.fromkeys(
         t.role for t in config.tenants.values()
         if t.strategy == "row" and (t.cluster, t.database) == (cluster, database) and t.role))
     try:
         catalog = await load_row_catalog(conn, config.row.column, config.row.shared_tables)
     except RowCatalogError as exc:
-        return [str(exc)]
+        return None, [str(exc)]
     if not catalog.tables:
-        return [f"database {quote_ident(database)}: no table has the tenant column "
-                f"{quote_ident(config.row.column)} (row.column)"]
+        return None, [f"database {quote_ident(database)}: no table has the tenant column "
+                      f"{quote_ident(config.row.column)} (row.column)"]
     if config.row.enforce == "rewrite":
-        return []
-    return await verify_rls(conn, catalog, roles=roles)
+        return catalog, []
+    return catalog, await verify_rls(conn, catalog, roles=roles)
 
 
 # --- the administrator's SQL --------------------------------------------------------------------
@@ -385,4 +391,4 @@ def rls_sql(config, catalogs: dict[tuple[str, str], RowCatalog] | None = None,
 
 
 __all__ = ["COMMANDS", "PolicyShape", "RowCatalogError", "check_row_database",
-           "load_row_catalog", "qualified", "rls_sql", "verify_rls"]
+           "inspect_row_database", "load_row_catalog", "qualified", "rls_sql", "verify_rls"]
