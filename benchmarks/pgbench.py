@@ -50,6 +50,7 @@ class RunResult:
     transactions: int = 0
     failed_tx: int = 0
     aborted_clients: int = 0
+    cache_hit_ratio: float | None = None  # tenantgate's analysis cache during the run
     exit_code: int | None = None
     error: str | None = None
     stderr_tail: list[str] = field(default_factory=list)
@@ -62,38 +63,76 @@ class RunResult:
         return asdict(self)
 
 
-def run_pgbench(pgbench: str, target: Target, workload: Workload, duration: int) -> RunResult:
-    """Run pgbench for `duration` seconds; never hangs longer than duration + CONNECT_GRACE."""
+def run_pgbench(pgbench: str, targets: Target | list[Target], workload: Workload,
+                duration: int) -> RunResult:
+    """Run pgbench for `duration` seconds; never hangs longer than duration + CONNECT_GRACE.
+
+    With several targets (scenario f: one login per tenant) one pgbench per target runs at
+    the same time, the clients split evenly between them; TPS and counts are summed and the
+    latency percentiles taken over every transaction of all of them.
+    """
+    group = [targets] if isinstance(targets, Target) else list(targets)
+    share = Workload(max(1, workload.clients // len(group)), workload.select_only,
+                     workload.protocol, max(1, workload.threads // len(group)))
     logdir = tempfile.mkdtemp(prefix="tenantgate-pgbench-")
     try:
-        argv = ["timeout", "-k", str(KILL_AFTER), str(duration + CONNECT_GRACE), pgbench,
-                "-n", "-T", str(duration), *workload.args(), "-l",
-                f"--log-prefix={os.path.join(logdir, 'tx')}",
-                "-h", target.host, "-p", str(target.port), "-U", target.user, target.dbname]
-        env = dict(os.environ, PGPASSWORD=target.password, PGSSLMODE="disable",
-                   PGGSSENCMODE="disable", PGCONNECT_TIMEOUT="30")
-        for var in ("PGSERVICE", "PGOPTIONS", "PGDATABASE", "PGUSER", "PGHOST", "PGPORT"):
-            env.pop(var, None)
-        code, stdout, stderr = _bounded(argv, env, duration + CONNECT_GRACE + KILL_AFTER + 30)
-        result = parse_summary(target.name, code, stdout, stderr)
+        argvs = [["timeout", "-k", str(KILL_AFTER), str(duration + CONNECT_GRACE), pgbench,
+                  "-n", "-T", str(duration), *share.args(), "-l",
+                  f"--log-prefix={os.path.join(logdir, f'tx{index}')}",
+                  "-h", target.host, "-p", str(target.port), "-U", target.user, target.dbname]
+                 for index, target in enumerate(group)]
+        outputs = _bounded(argvs, [_env(target) for target in group],
+                           duration + CONNECT_GRACE + KILL_AFTER + 30)
+        results = [parse_summary(group[0].name, *output) for output in outputs]
+        result = _combined(results)
         result.p50_ms, result.p99_ms = latency_percentiles(Path(logdir), (0.50, 0.99))
         return result
     finally:
         shutil.rmtree(logdir, ignore_errors=True)
 
 
-def _bounded(argv: list[str], env: dict, limit: float) -> tuple[int, str, str]:
-    """Run in its own process group; on any exit path (Ctrl-C too) that group is killed."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, start_new_session=True)
+def _env(target: Target) -> dict:
+    env = dict(os.environ, PGPASSWORD=target.password, PGSSLMODE="disable",
+               PGGSSENCMODE="disable", PGCONNECT_TIMEOUT="30")
+    for var in ("PGSERVICE", "PGOPTIONS", "PGDATABASE", "PGUSER", "PGHOST", "PGPORT"):
+        env.pop(var, None)
+    return env
+
+
+def _combined(results: list[RunResult]) -> RunResult:
+    """One result for pgbench runs that ran side by side."""
+    if len(results) == 1:
+        return results[0]
+    first = results[0]
+    merged = RunResult(first.target, exit_code=max(r.exit_code or 0 for r in results))
+    merged.error = next((r.error for r in results if r.error), None)
+    merged.tps = None if merged.error else sum(r.tps or 0.0 for r in results)
+    merged.transactions = sum(r.transactions for r in results)
+    merged.failed_tx = sum(r.failed_tx for r in results)
+    merged.aborted_clients = sum(r.aborted_clients for r in results)
+    merged.stderr_tail = [line for r in results for line in r.stderr_tail][-5:]
+    return merged
+
+
+def _bounded(argvs: list[list[str]], envs: list[dict],
+             limit: float) -> list[tuple[int, str, str]]:
+    """Run side by side, each in its own process group; on any exit path (Ctrl-C too)
+    the groups still running are killed."""
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env, start_new_session=True)
+             for argv, env in zip(argvs, envs)]
+    outputs = []
     try:
-        stdout, stderr = proc.communicate(timeout=limit)
+        for proc in procs:  # `timeout` in each argv bounds them all to about `limit`
+            stdout, stderr = proc.communicate(timeout=limit)
+            outputs.append((proc.returncode, stdout, stderr))
     except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
         raise
-    return proc.returncode, stdout, stderr
+    return outputs
 
 
 def parse_summary(target: str, code: int, stdout: str, stderr: str) -> RunResult:

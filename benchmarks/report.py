@@ -37,6 +37,7 @@ def summarize_runs(runs: list[RunResult]) -> dict:
         "tps": _median([r.tps for r in runs]),
         "p50_ms": _median([r.p50_ms for r in runs]),
         "p99_ms": _median([r.p99_ms for r in runs]),
+        "cache_hit_ratio": _median([r.cache_hit_ratio for r in runs]),
         "runs": len(runs),
         "failed_runs": len(bad),
         "failed_tx": sum(r.failed_tx for r in runs),
@@ -133,6 +134,8 @@ def _target_note(entry: dict, target: str, summary: dict) -> str:
     if entry["key"] == "d" and added is not None and summary["tps"] and direct_tps:
         mean = 1000 / summary["tps"] - 1000 / direct_tps  # one client: mean latency = 1/TPS
         notes.append(f"added per query vs direct: {added:+.3f} ms p50, {mean:+.3f} ms mean")
+    if entry["key"].startswith("f") and summary.get("cache_hit_ratio") is not None:
+        notes.append(f"analysis cache hits {summary['cache_hit_ratio']:.2%}")
     if target == "direct" and entry.get("note"):
         notes.append(entry["note"])
     notes += summary["problems"][:1]

@@ -17,6 +17,7 @@ import argparse
 import shlex
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python benchmarks/run.py`: make `benchmarks` importable
@@ -28,7 +29,8 @@ from benchmarks.idle import IdleResult, measure_idle  # noqa: E402
 from benchmarks.machine import describe, finish, machine_info  # noqa: E402
 from benchmarks.pgbench import RunResult, Workload, run_pgbench  # noqa: E402
 from benchmarks.scenarios import Scenario, all_scenarios, select  # noqa: E402
-from benchmarks.services import (Services, ServiceError, Target, find_pgbouncer,  # noqa: E402
+from benchmarks.services import (ROW_DB, ROW_TENANTS, Services, ServiceError,  # noqa: E402
+                                 Target, analysis_cache_counters, find_pgbouncer,
                                  raise_nofile_limit)
 
 HERE = Path(__file__).resolve().parent
@@ -67,6 +69,7 @@ class Bench:
         self.scenarios = scenarios
         self.services = Services(args.pool_size, args.max_connections)
         self.targets: dict[str, Target] = {}
+        self.row_gates: dict[str, Target] = {}  # row.enforce → a tenantgate (not "both")
         self.entries: list[dict] = []
         self.versions: dict[str, str] = {}
         self.logs: dict[str, list[str]] = {}
@@ -75,9 +78,15 @@ class Bench:
         log("starting PostgreSQL, loading pgbench -i -s "
             f"{self.args.scale} into database acme …")
         self.targets["direct"] = self.services.start_postgres(self.args.scale)
+        modes = {s.row_enforce for s in self.scenarios if s.row_enforce}
+        if modes:
+            log(f"loading pgbench -i -s {self.args.scale} with a tenant column into {ROW_DB} …")
+            self.services.start_row_database(self.args.scale)
         max_clients = self.args.idle_clients + 1000
         self.targets["pgbouncer"] = self.services.start_pgbouncer(max_clients)
         self.targets["tenantgate"] = self.services.start_tenantgate(max_clients)
+        for mode in modes - {"both"}:
+            self.row_gates[mode] = self.services.start_tenantgate(max_clients, enforce=mode)
         self.versions = self.services.versions()
         for name, target in self.targets.items():
             log(f"{name}: {target.host}:{target.port} as {target.user} to {target.dbname}")
@@ -107,10 +116,21 @@ class Bench:
                 if scenario.vacuum:
                     self.services.vacuum()
                 workload = direct_workload if name == "direct" else scenario.workload
-                result = self._pgbench(self.targets[name], workload, self.args.duration)
+                result = self._pgbench(self._target(scenario, name), workload,
+                                       self.args.duration)
                 by_target[name].append(result)
                 log(f"({scenario.key}) {rep}/{self.args.repeat} {name:10} {_brief(result)}")
                 entry.update(report.scenario_entry(scenario, by_target, note=note))
+
+    def _target(self, scenario: Scenario, name: str) -> Target | list[Target]:
+        """Where a scenario's pgbench connects. Row scenarios run one pgbench per tenant
+        through tenantgate, as that tenant, to ROW_DB; their baselines run the same
+        clients on (a)'s tables, without a tenant column or RLS (what the row strategy
+        costs is the difference)."""
+        if scenario.row_enforce is None or name != "tenantgate":
+            return self.targets[name]
+        gate = self.row_gates.get(scenario.row_enforce, self.targets["tenantgate"])
+        return [replace(gate, user=f"app.{tenant}") for tenant in ROW_TENANTS]
 
     def _direct_workload(self, workload: Workload) -> tuple[Workload, str]:
         """Direct PostgreSQL gets the same clients when max_connections leaves room for them."""
@@ -120,10 +140,17 @@ class Bench:
         fewer = Workload(room, workload.select_only, workload.protocol, workload.threads)
         return fewer, f"direct ran {room} clients, not {workload.clients} (max_connections)"
 
-    def _pgbench(self, target: Target, workload: Workload, duration: int) -> RunResult:
+    def _pgbench(self, targets: Target | list[Target], workload: Workload,
+                 duration: int) -> RunResult:
+        target = targets if isinstance(targets, Target) else targets[0]
         if not self.services.alive(target):
             return RunResult(target.name, error=f"{target.name} process has exited")
-        result = run_pgbench(self.services.pg.bin("pgbench"), target, workload, duration)
+        before = analysis_cache_counters(target)
+        result = run_pgbench(self.services.pg.bin("pgbench"), targets, workload, duration)
+        after = analysis_cache_counters(target)
+        if before is not None and after is not None:
+            lookups = (after[0] - before[0]) + (after[1] - before[1])
+            result.cache_hit_ratio = round((after[0] - before[0]) / lookups, 5) if lookups else None
         if not self.services.alive(target):
             result.error = f"{target.name} process exited during the run"
             log(f"{target.name} died; log tail:\n{self.services.log_tail(target)}")
@@ -150,6 +177,8 @@ def _brief(result: RunResult) -> str:
     if result.error:
         return f"ERROR {result.error}"
     text = f"{result.tps or 0:,.0f} tps, p50 {result.p50_ms} ms, p99 {result.p99_ms} ms"
+    if result.cache_hit_ratio is not None:
+        text += f", analysis cache hits {result.cache_hit_ratio:.2%}"
     if result.aborted_clients or result.failed_tx:
         text += f", {result.aborted_clients} clients aborted, {result.failed_tx} failed tx"
     return text

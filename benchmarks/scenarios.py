@@ -24,6 +24,7 @@ class Scenario:
     vacuum: bool = False  # vacuum/truncate like pgbench does before each run (write scenarios)
     skip_reason: str = ""
     targets: tuple[str, ...] = TARGETS
+    row_enforce: str | None = None  # row scenarios: tenantgate's row.enforce, 4 tenants
 
 
 def all_scenarios(pool_size: int, idle_clients: int) -> dict[str, Scenario]:
@@ -38,9 +39,11 @@ def all_scenarios(pool_size: int, idle_clients: int) -> dict[str, Scenario]:
                  Workload(1, threads=1)),
         Scenario("e", f"-S, 500 cl/pool {pool_size}", f"pgbench -S, 500 clients over pool_size {pool_size}", "pgbench",
                  Workload(500)),
-        Scenario("f", "row strategy", "row strategy (tenant_id column, RLS and/or rewrite)", "skipped",
-                 skip_reason="SKIPPED: the row strategy is not implemented yet "
-                             "(placeholder; DESIGN.md section 4)"),
+        Scenario("f", "row both, -S 16 cl", "row strategy, enforce both: pgbench -S, simple "
+                 "protocol, 4 tenants × 4 clients", "pgbench", Workload(16), row_enforce="both"),
+        Scenario("fr", "row rewrite, -S 16 cl", "row strategy, enforce rewrite: pgbench -S, "
+                 "simple protocol, 4 tenants × 4 clients", "pgbench", Workload(16),
+                 row_enforce="rewrite"),
         Scenario("g", f"{idle_clients:,} idle clients", f"{idle_clients:,} authenticated idle clients: proxy RSS", "idle",
                  targets=POOLERS),
     ]}

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,8 @@ REPO = Path(__file__).resolve().parent.parent
 SERVER_USER = "postgres"
 PGBENCH_TABLES = ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history")
 BENCH_DB = "acme"  # a database-strategy sample tenant: the pgbench tables live there
+ROW_DB = "pgrow"  # scenario f: pgbench tables whose accounts carry a tenant column
+ROW_TENANTS = ("t1", "t2", "t3", "t4")  # row tenants of ROW_DB; accounts spread evenly
 NOFILE_WANTED = 65536  # 10,000 idle clients + the rest, in this process and in each proxy
 
 
@@ -46,6 +49,7 @@ class Target:
     password: str
     dbname: str
     pid: int | None = None  # the process whose RSS the idle scenario reads (poolers only)
+    metrics_port: int | None = None  # tenantgate's /metrics (analysis cache counters)
 
 
 def raise_nofile_limit() -> int:
@@ -104,6 +108,8 @@ class Services:
         self.tmp = Path(tempfile.mkdtemp(prefix="tenantgate-bench-"))
         self.tmp.chmod(0o711)  # the server user may enter its own subdir, not list ours
         self.procs: list[subprocess.Popen] = []
+        self.row_db = False  # start_row_database ran
+        self.tenantgate_logs: dict[int, Path] = {}  # pid → output of each tenantgate started
         self.direct: Target | None = None
         self.pgbouncer: Target | None = None
         self.tenantgate: Target | None = None
@@ -129,15 +135,41 @@ class Services:
         if proc.returncode != 0:
             raise ServiceError(f"pg_ctl {action} failed: {proc.stderr.strip()}\n{pg.log_tail()}")
 
-    def _pgbench_init(self, scale: int) -> None:
+    def _pgbench_init(self, scale: int, dbname: str = BENCH_DB, grant: bool = True) -> None:
         env = dict(os.environ, PGPASSWORD=self.pg.superuser_password, PGSSLMODE="disable")
         argv = [self.pg.bin("pgbench"), "-i", "-q", "-s", str(scale), "-h", self.pg.host,
-                "-p", str(self.pg.port), "-U", self.pg.superuser, BENCH_DB]
+                "-p", str(self.pg.port), "-U", self.pg.superuser, dbname]
         proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=900)
         if proc.returncode != 0:
             raise ServiceError(f"pgbench -i failed: {proc.stderr.strip()}")
-        self.pg.run_sql(f"GRANT ALL ON {', '.join(PGBENCH_TABLES)} "
+        if grant:
+            self.pg.run_sql(f"GRANT ALL ON {', '.join(PGBENCH_TABLES)} "
                         f"TO {self.info.backend_user};", dbname=BENCH_DB)
+
+    def start_row_database(self, scale: int) -> None:
+        """Scenario f: `pgbench -i` into ROW_DB, a `tenant_id` column on pgbench_accounts
+        spread over ROW_TENANTS, pgbench_branches a shared (read-only) table, and the RLS
+        policies and grants `tenantgate rls-sql --connect` prints (applied as the superuser).
+        The other pgbench tables stay out of the row tenants' reach."""
+        self.pg.run_sql(f"CREATE DATABASE {ROW_DB}")
+        self._pgbench_init(scale, ROW_DB, grant=False)
+        count = len(ROW_TENANTS)
+        self.pg.run_sql(
+            "ALTER TABLE pgbench_accounts ADD COLUMN tenant_id text;\n"
+            f"UPDATE pgbench_accounts SET tenant_id = 't' || (aid % {count} + 1);\n"
+            "ALTER TABLE pgbench_accounts ALTER COLUMN tenant_id SET NOT NULL;\n"
+            "VACUUM ANALYZE pgbench_accounts;", dbname=ROW_DB, timeout=900)
+        self.pg.run_sql(f"GRANT SELECT ON pgbench_branches TO {self.info.backend_user};",
+                        dbname=ROW_DB)  # pgbench counts the branches to learn the scale
+        self.row_db = True  # from now on tenantgate configs name the row tenants
+        config = self.tmp / "rls-sql.yaml"
+        config.write_text(self._tenantgate_config(free_port(), 1, "both"))
+        proc = subprocess.run([sys.executable, "-m", "proxy", "rls-sql", "--connect",
+                               "--config", str(config)], capture_output=True, text=True,
+                              cwd=REPO, timeout=120)
+        if proc.returncode != 0:
+            raise ServiceError(f"tenantgate rls-sql failed: {proc.stderr.strip()}")
+        self.pg.run_sql(proc.stdout, dbname=ROW_DB)
 
     def vacuum(self) -> None:
         """What pgbench does before a run without -n: vacuum the small tables, empty history."""
@@ -182,9 +214,11 @@ class Services:
         return self.pgbouncer
 
     def _pgbouncer_ini(self, home: Path, port: int, max_client_conn: int) -> str:
+        row = [f"{ROW_DB} = host={self.pg.host} port={self.pg.port} dbname={ROW_DB}"]
         return "\n".join([
             "[databases]",
             f"{BENCH_DB} = host={self.pg.host} port={self.pg.port} dbname={BENCH_DB}",
+            *(row if self.row_db else []),
             "",
             "[pgbouncer]",
             "listen_addr = 127.0.0.1",
@@ -205,29 +239,46 @@ class Services:
 
     # -- tenantgate ---------------------------------------------------------------------------
 
-    def start_tenantgate(self, max_client_conn: int) -> Target:
-        """`python -m proxy run` with the sample config (transaction mode, same pool size)."""
-        home = self.tmp / "tenantgate"
+    def start_tenantgate(self, max_client_conn: int, enforce: str = "both") -> Target:
+        """`python -m proxy run` with the sample config (transaction mode, same pool size) and,
+        after start_row_database, the row tenants of ROW_DB with `row.enforce: enforce`."""
+        name = "tenantgate" if enforce == "both" else f"tenantgate-{enforce}"
+        home = self.tmp / name
         home.mkdir()
-        port = free_port()
+        port, metrics_port = free_port(), free_port()
         config = home / "tenantgate.yaml"
-        config.write_text(self.info.config_yaml(self.pg, port, pool_mode="transaction",
-                                                pool_size=self.pool_size,
-                                                extra=f"max_client_connections: {max_client_conn}"))
+        config.write_text(self._tenantgate_config(port, max_client_conn, enforce, metrics_port))
         log = home / "tenantgate.out"
         env = dict(os.environ, TENANTGATE_LOG_LEVEL=os.environ.get("TENANTGATE_LOG_LEVEL",
                                                                    "warning"))
         proc = self._spawn([sys.executable, "-m", "proxy", "run", "--config", str(config)],
                            cwd=REPO, log=log, env=env)
+        self.tenantgate_logs[proc.pid] = log
         deadline = time.monotonic() + 60
         while "tenantgate: listening on" not in _tail(log, 200):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise ServiceError(f"tenantgate did not start (exit {proc.poll()}):\n{_tail(log)}")
             time.sleep(0.1)
-        login = f"app.{BENCH_DB}"
-        self.tenantgate = Target("tenantgate", "127.0.0.1", port, login,
-                                 self.info.password("app"), "app", proc.pid)
-        return self.tenantgate
+        target = Target("tenantgate", "127.0.0.1", port, f"app.{BENCH_DB}",
+                        self.info.password("app"), "app", proc.pid, metrics_port)
+        if enforce == "both":
+            self.tenantgate = target
+        return target
+
+    def _tenantgate_config(self, port: int, max_client_conn: int, enforce: str,
+                           metrics_port: int | None = None) -> str:
+        extra = [f"max_client_connections: {max_client_conn}"]
+        if metrics_port is not None:
+            extra.append(f'metrics: "127.0.0.1:{metrics_port}"')
+        tenants = ""
+        if self.row_db or enforce != "both":
+            extra += ["row:", "  column: tenant_id", "  shared_tables: [public.pgbench_branches]",
+                      f"  enforce: {enforce}"]
+            tenants = "\n".join(f'{t}: {{strategy: row, cluster: main, database: {ROW_DB}, '
+                                f'key: "{t}"}}' for t in ROW_TENANTS)
+        return self.info.config_yaml(self.pg, port, pool_mode="transaction",
+                                     pool_size=self.pool_size, extra="\n".join(extra),
+                                     extra_tenants=tenants)
 
     def alive(self, target: Target) -> bool:
         """False when the target's own process (pooler) has exited."""
@@ -237,17 +288,18 @@ class Services:
         return True
 
     def log_tail(self, target: Target) -> str:
-        name = {"pgbouncer": "pgbouncer/pgbouncer.log", "tenantgate": "tenantgate/tenantgate.out"}
         if target.name == "direct":
             return self.pg.log_tail()
-        return _tail(self.tmp / name[target.name])
+        if target.name == "pgbouncer":
+            return _tail(self.tmp / "pgbouncer" / "pgbouncer.log")
+        return _tail(self.tenantgate_logs[target.pid])
 
     def log_excerpts(self, lines: int = 20) -> dict[str, list[str]]:
         """Warnings and errors the three targets logged during the run (for the JSON)."""
         def pick(text: str, pattern: str) -> list[str]:
             return [ln for ln in text.splitlines() if re.search(pattern, ln)][-lines:]
         bouncer = _tail(self.tmp / "pgbouncer" / "pgbouncer.log", 5000)
-        gate = _tail(self.tmp / "tenantgate" / "tenantgate.out", 5000)
+        gate = "\n".join(_tail(path, 5000) for path in self.tenantgate_logs.values())
         return {"postgresql": pick(self.pg.log_tail(5000), r"ERROR|FATAL|PANIC"),
                 "pgbouncer": pick(bouncer, r"WARNING|ERROR|FATAL"),
                 "tenantgate": pick(gate, r"(?i)warn|error|critical|traceback|exception")}
@@ -288,6 +340,23 @@ class Services:
         self.procs.clear()
         self.pg.stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def analysis_cache_counters(target: Target) -> tuple[float, float] | None:
+    """(hits, misses) of tenantgate's analysis cache from its /metrics, None if unreadable."""
+    if target.metrics_port is None:
+        return None
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{target.metrics_port}/metrics",
+                                    timeout=10) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    found = dict(re.findall(r"^tenantgate_analysis_cache_(hits|misses)_total ([0-9.e+]+)$",
+                            text, re.MULTILINE))
+    if len(found) != 2:
+        return None
+    return float(found["hits"]), float(found["misses"])
 
 
 def rss_bytes(pid: int) -> int | None:

@@ -5,9 +5,12 @@ tree, and changes it in place:
 
 * every reference to a tenant table that reads it (FROM lists, JOINs of every kind,
   subqueries wherever they hide, LATERAL, set operations, CTEs, `TABLE t`, `ONLY t`)
-  becomes the derived table `(SELECT * FROM s.t WHERE t.<col> = '<key>' OFFSET 0) AS
-  <alias or t>`: a join keeps its meaning (the filter sits inside the nullable side,
-  THREATS 29) and OFFSET 0 keeps the planner from running user quals first (THREATS 30);
+  becomes the derived table `(SELECT * FROM s.t WHERE t.<col> = '<key>') AS <alias or t>`:
+  a join keeps its meaning (the filter sits inside the nullable side, THREATS 29). The
+  planner pulls the derived table up, so the tenant's indexes serve the outer quals — and
+  may run those quals before the tenant filter: that qual-ordering leak (THREATS 30) is
+  what RLS (`enforce: both`) closes and `rewrite` alone does not, as DESIGN.md says. (An
+  `OFFSET 0` fence would close it only by scanning all of a tenant's rows on every query.);
 * shared tables are read as they are, qualified with the schema they resolved to;
 * a name that is neither a tenant nor a shared table (views included, THREATS 31), and
   is not a CTE or an allowlisted catalog, is refused like a missing relation (42P01);
@@ -159,16 +162,14 @@ def simple_select(targets: list[Any], from_items: list[Any], **extra: Any) -> di
 def derived_table(ctx: RowContext, found: Resolved, rv: dict[str, Any], *,
                   sample: dict[str, Any] | None = None, inh: bool | None = None
                   ) -> dict[str, Any]:
-    """`(SELECT * FROM [ONLY] s.t [TABLESAMPLE …] WHERE t.col = 'key' OFFSET 0) AS alias`"""
+    """`(SELECT * FROM [ONLY] s.t [TABLESAMPLE …] WHERE t.col = 'key') AS alias`"""
     inner: dict[str, Any] = {"schemaname": found.schema, "relname": found.name,
                              "inh": rv.get("inh", False) if inh is None else inh,
                              "relpersistence": "p"}
     item = {"RangeVar": inner}
     if sample is not None:
         item = {"RangeTableSample": {**sample, "relation": item}}
-    subquery = simple_select([star()], [item], whereClause=tenant_predicate(ctx, found.name),
-                             limitOffset={"A_Const": {"ival": {}}},
-                             limitOption="LIMIT_OPTION_COUNT")
+    subquery = simple_select([star()], [item], whereClause=tenant_predicate(ctx, found.name))
     alias = rv.get("alias") or {"aliasname": rv.get("relname", found.name)}
     return {"RangeSubselect": {"subquery": subquery, "alias": alias}}
 

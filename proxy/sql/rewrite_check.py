@@ -5,7 +5,7 @@ and then through `verify_statement`, which proves on that final tree — not on 
 the rewriter built — that tenant rows are confined:
 
 * every read of a tenant table is the canonical derived table
-  `(SELECT * FROM s.t WHERE t.<col> = '<key>' OFFSET 0)`, and nothing else names one;
+  `(SELECT * FROM s.t WHERE t.<col> = '<key>')`, and nothing else names one;
 * every UPDATE/DELETE/MERGE target carries `<target>.<col> = '<key>'` as a top-level
   conjunct of its WHERE / ON (and of every WHEN NOT MATCHED BY SOURCE condition), and
   no assignment writes the tenant column;
@@ -25,8 +25,7 @@ from proxy.sql.rewrite import NO_CTES, Ctes, RowContext
 
 _SKIP = frozenset({"LockingClause", "A_Const", "ColumnRef", "ParamRef", "String",
                    "Integer", "Float", "Boolean", "BitString", "A_Star", "TypeName"})
-_WRAPPER_FIELDS = frozenset({"targetList", "fromClause", "whereClause", "limitOffset",
-                             "limitOption", "op"})
+_WRAPPER_FIELDS = frozenset({"targetList", "fromClause", "whereClause", "limitOption", "op"})
 
 
 class CheckFailed(Exception):
@@ -122,7 +121,7 @@ def _confined(ctx: RowContext, fields: dict[str, Any]) -> bool:
     query = sub[1]
     if query.get("op") != "SETOP_NONE" or len(query.get("targetList") or ()) != 1 \
             or not _is_plain_star(query["targetList"][0]) \
-            or not _is_int_zero(query.get("limitOffset")):
+            or query.get("limitOption", "LIMIT_OPTION_DEFAULT") != "LIMIT_OPTION_DEFAULT":
         return False
     items = query.get("fromClause") or []
     item = unwrap(items[0]) if len(items) == 1 else None
@@ -145,12 +144,6 @@ def _is_plain_star(node: Any) -> bool:
     value = unwrap(item[1].get("val"))
     return value is not None and value[0] == "ColumnRef" \
         and [unwrap(f)[0] for f in value[1].get("fields") or ()] == ["A_Star"]
-
-
-def _is_int_zero(node: Any) -> bool:
-    item = unwrap(node)
-    return item is not None and item[0] == "A_Const" and "ival" in item[1] \
-        and const_value(item[1]) == 0
 
 
 def _is_predicate(ctx: RowContext, node: Any, relation: str) -> bool:

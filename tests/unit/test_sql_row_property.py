@@ -129,7 +129,7 @@ def range_vars(node: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[dict, tu
 
 def is_confinement(rv: dict, path: tuple) -> bool:
     """Is this RangeVar the only FROM item of `(SELECT * … WHERE t.tenant_id = 'initech'
-    OFFSET 0)`, and that query the subquery of a FROM-list derived table?"""
+   )`, and that query the subquery of a FROM-list derived table?"""
     kinds = [kind for kind, _ in path]
     if kinds[-1] == "RangeTableSample":
         kinds, path = kinds[:-1], path[:-1]
@@ -140,11 +140,11 @@ def is_confinement(rv: dict, path: tuple) -> bool:
     column = [f["String"]["sval"] for f in where.get("lexpr", {}).get("ColumnRef", {})
               .get("fields", [])]
     return (len(query["fromClause"]) == 1 and set(query) <= {
-        "targetList", "fromClause", "whereClause", "limitOffset", "limitOption", "op"}
+        "targetList", "fromClause", "whereClause", "limitOption", "op"}
+            and query["limitOption"] == "LIMIT_OPTION_DEFAULT"
             and json.dumps(query["targetList"]).count("A_Star") == 1
             and column == [rv["relname"], "tenant_id"]
-            and where["rexpr"]["A_Const"]["sval"]["sval"] == "initech"
-            and query["limitOffset"]["A_Const"].get("ival") == {})
+            and where["rexpr"]["A_Const"]["sval"]["sval"] == "initech")
 
 
 def tenant_refs(tree: Any) -> list[dict]:

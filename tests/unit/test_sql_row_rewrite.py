@@ -37,7 +37,7 @@ RLS = Scope("row", row_column="tenant_id", tenant_key="initech", row_enforce="rl
 def confined(table: str, schema: str = "public", only: bool = False) -> str:
     """The derived table a tenant table becomes (without its alias)."""
     return (f"(SELECT * FROM {'ONLY ' if only else ''}{schema}.{table} "
-            f"WHERE {table}.tenant_id = 'initech' OFFSET 0)")
+            f"WHERE {table}.tenant_id = 'initech')")
 
 
 O, U = confined("orders"), confined("users")
@@ -107,7 +107,7 @@ def rewritten(sql: str, scope: Scope = SCOPE) -> str:
     # TABLESAMPLE moves inside the derived table; FOR UPDATE names the FROM item
     ("SELECT * FROM orders TABLESAMPLE SYSTEM (10) REPEATABLE (1)",
      "SELECT * FROM (SELECT * FROM public.orders TABLESAMPLE system(10) REPEATABLE (1) "
-     "WHERE orders.tenant_id = 'initech' OFFSET 0) AS orders"),
+     "WHERE orders.tenant_id = 'initech') AS orders"),
     ("SELECT * FROM orders o FOR UPDATE OF o SKIP LOCKED",
      f"SELECT * FROM {O} AS o FOR UPDATE OF o SKIP LOCKED"),
     ("DECLARE c CURSOR FOR SELECT * FROM orders",
@@ -209,8 +209,8 @@ def test_the_tenant_key_is_quoted_as_a_literal() -> None:
     scope = Scope("row", row_column="tenant_id", tenant_key="o'brien; --",
                   row_catalog=CATALOG)
     assert rewritten("SELECT * FROM orders", scope) == (
-        "SELECT * FROM (SELECT * FROM public.orders WHERE orders.tenant_id = 'o''brien; --' "
-        "OFFSET 0) AS orders")
+        "SELECT * FROM (SELECT * FROM public.orders WHERE orders.tenant_id = 'o''brien; --') "
+        "AS orders")
 
 
 def test_multi_statement_strings_rewrite_each_statement() -> None:
@@ -230,7 +230,7 @@ def test_reset_all_still_reapplies_the_pinned_settings() -> None:
 
 # --- the check of what is sent (DESIGN 6.6, THREATS 4.5) --------------------------------
 
-W = "(SELECT * FROM public.orders WHERE orders.tenant_id = 'initech' OFFSET 0)"
+W = "(SELECT * FROM public.orders WHERE orders.tenant_id = 'initech')"
 
 
 @pytest.mark.parametrize("sql, ok", [
@@ -240,19 +240,21 @@ W = "(SELECT * FROM public.orders WHERE orders.tenant_id = 'initech' OFFSET 0)"
     ("SELECT * FROM public.orders", False),
     ("SELECT * FROM countries", False),  # shared tables go out qualified
     ("SELECT * FROM public.countries", True),
-    ("SELECT * FROM (SELECT * FROM public.orders WHERE orders.tenant_id = 'globex' OFFSET 0) o",
+    ("SELECT * FROM (SELECT * FROM public.orders WHERE orders.tenant_id = 'globex') o",
      False),
-    ("SELECT * FROM (SELECT * FROM public.orders WHERE orders.tenant_id = 'initech' OR true "
-     "OFFSET 0) o", False),
-    ("SELECT * FROM (SELECT * FROM public.orders WHERE orders.tenant_id = 'initech') o", False),
-    ("SELECT * FROM (SELECT * FROM public.orders o2 WHERE o2.tenant_id = 'initech' OFFSET 0) o",
+    ("SELECT * FROM (SELECT * FROM public.orders WHERE orders.tenant_id = 'initech' OR true) o",
      False),
-    ("SELECT * FROM (SELECT * FROM public.orders WHERE orders.tenant_id = 'initech' OFFSET 0 "
+    ("SELECT * FROM (SELECT * FROM public.orders WHERE orders.tenant_id = 'initech') o", True),
+    ("SELECT * FROM (SELECT * FROM public.orders o2 WHERE o2.tenant_id = 'initech') o",
+     False),
+    ("SELECT * FROM (SELECT * FROM public.orders WHERE orders.tenant_id = 'initech' "
      "LIMIT 5) o", False),
-    ("SELECT * FROM (SELECT *, 1 FROM public.orders WHERE orders.tenant_id = 'initech' "
-     "OFFSET 0) o", False),
+    ("SELECT * FROM (SELECT * FROM public.orders WHERE orders.tenant_id = 'initech' "
+     "OFFSET 1) o", False),
+    ("SELECT * FROM (SELECT *, 1 FROM public.orders WHERE orders.tenant_id = 'initech') o",
+     False),
     ("SELECT * FROM (SELECT * FROM public.orders, public.users WHERE orders.tenant_id = "
-     "'initech' OFFSET 0) o", False),
+     "'initech') o", False),
     (f"SELECT * FROM {W} o WHERE EXISTS (SELECT 1 FROM users)", False),
     ("WITH orders AS (SELECT 1) SELECT * FROM orders", True),
     ("WITH x AS (SELECT * FROM orders) SELECT * FROM x", False),
