@@ -1,4 +1,5 @@
-"""The dashboard in headless Chromium, served in-process from fake metric calls.
+"""The dashboard in headless Chromium: served in-process from fake metric calls, and by a
+running proxy during a workload.
 
 Chromium is required (Debian package `chromium`); without it this test fails and says so.
 """
@@ -13,6 +14,7 @@ import shutil
 import types
 from pathlib import Path
 
+import asyncpg
 import pytest
 import pytest_asyncio
 
@@ -120,3 +122,52 @@ async def test_dashboard_shows_tenants_pools_and_events(dashboard_url: str, tmp_
     await browse(binary, tmp_path / "profile-shot", dashboard_url, f"--screenshot={shot}")
     data = shot.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+
+
+# -- the real proxy under a workload ---------------------------------------------------------------
+
+async def test_dashboard_of_a_running_proxy_during_a_workload(proxy_factory, sample,
+                                                              tmp_path: Path) -> None:
+    """The page served by `tenantgate run` shows the tenants that are working right now and
+    the refusal one of them just got; the screenshot is kept in the test's temp dir."""
+    from proxy.localpg import free_port
+
+    binary = chromium()
+    metrics_port = free_port()
+    running = proxy_factory(extra=f'metrics: "127.0.0.1:{metrics_port}"')
+    password = sample.password("app")
+    acme = await running.aconnect("app.acme", password)
+    globex = await running.aconnect("app.globex", password)
+    stop = asyncio.Event()
+
+    async def workload(conn) -> int:
+        done = 0
+        while not stop.is_set():
+            await conn.execute("SELECT count(*) FROM items")
+            done += 1
+        return done
+
+    try:
+        with pytest.raises(asyncpg.exceptions.UndefinedTableError):
+            await globex.execute("SELECT secret FROM hooli.items WHERE id = 3")
+        tasks = [asyncio.create_task(workload(acme)), asyncio.create_task(workload(globex))]
+        url = f"http://127.0.0.1:{metrics_port}/"
+        dom = await browse(binary, tmp_path / "profile-live", url, "--dump-dom")
+        shot = tmp_path / "dashboard-live.png"
+        await browse(binary, tmp_path / "profile-live-shot", url, f"--screenshot={shot}")
+        stop.set()
+        counts = await asyncio.gather(*tasks)
+    finally:
+        stop.set()
+        await acme.close()
+        await globex.close()
+    assert all(count > 0 for count in counts)
+    assert cells(dom, "tenant", "acme")[1] == "1"  # one client connection each
+    assert cells(dom, "tenant", "globex")[1] == "1"
+    events = re.findall(r'<li class="event" data-kind="([a-z_]+)">(.*?)</li>', dom, re.S)
+    texts = [html.unescape(re.sub(r"<[^>]+>", " ", body)) for kind, body in events
+             if kind == "refusal"]
+    assert any("globex" in text and "relation-reach" in text and "42P01" in text
+               and "hooli.items" in text for text in texts), texts
+    assert "CANARY" not in dom and "WHERE id = 3" not in dom  # shapes only, no literals
+    assert shot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
