@@ -25,6 +25,9 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="serve (SIGHUP reloads, SIGTERM drains)")
     _config_option(run)
+    # How the supervisor of `workers: N` starts each worker (proxy.workers); not for users.
+    run.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    run.add_argument("--worker-dir", help=argparse.SUPPRESS)
     run.set_defaults(func=_run)
 
     check = commands.add_parser("check", help="validate the config; FILE:LINE errors, exit 1")
@@ -74,7 +77,7 @@ def _run(args) -> int:
     from proxy.app import run
     from proxy.errors import ConfigError
     try:
-        return run(args.config)
+        return run(args.config, args.worker, args.worker_dir)
     except ConfigError as exc:  # found while building the runtime, e.g. a TLS key that won't load
         return _config_failed(exc, args.config)
 

@@ -13,27 +13,32 @@ import sys
 
 from proxy.config import Config, load_config
 from proxy.errors import ConfigError, TooManyConnections
-from proxy.listener import Listener, build_ssl_context, send_cancel
+from proxy.listener import Listener, build_ssl_context
 from proxy.observability.logging import configure, get_logger
 from proxy.observability.observer import Observer
+from proxy.pause import Pauses
 from proxy.pool.pool import Pool
 from proxy.sql import Analyzer
 from proxy.tenancy.rowcatalogs import RowCatalogs
+from proxy.tenancy.sharedcatalogs import SharedCatalogs
 
 EXPIRY_INTERVAL = 5.0  # seconds between idle-connection sweeps
 
 
 class App:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, worker=None) -> None:
         self.config = config
+        self.worker = worker  # a WorkerLink when this process is one of `workers: N`, else None
         self.log = get_logger()
         self.pools: dict[tuple[str, str], Pool] = {}
         self.analyzer = Analyzer(ttl=config.cache_ttl)
         self.row_catalogs = RowCatalogs(config, self.log)
+        self.shared_catalogs = SharedCatalogs(config)
         self.sessions: set = set()
         self.cancel_keys: dict[tuple[int, bytes], object] = {}
         self.tenant_clients: dict[str, int] = {}
         self.draining = False
+        self.pauses = Pauses()  # admin PAUSE/RESUME: whose new transactions wait
         self.ssl_context = build_ssl_context(config.tls, config.path)
         self.listener = Listener(self)
         self.observer = Observer(self)
@@ -72,20 +77,23 @@ class App:
 
     def register_cancel(self, session) -> tuple[int, bytes]:
         from proxy.handshake import new_cancel_key
-        key = new_cancel_key()
+        # A worker's keys name it (proxy.workerlink.cancel_key): any worker can route them.
+        make_key = self.worker.new_cancel_key if self.worker is not None else new_cancel_key
+        key = make_key()
         while key in self.cancel_keys:
-            key = new_cancel_key()
+            key = make_key()
         self.cancel_keys[key] = session
         return key
 
     def cancel(self, pid: int, key: bytes) -> None:
         """A CancelRequest: forward it to the server connection the client holds now."""
+        if self.worker is not None and self.worker.forward_cancel(pid, key):
+            return  # another worker issued the key; it applies the rules below there
         session = self.cancel_keys.get((pid, key))
         conn = session.active_server if session is not None else None
         if conn is None:
             return  # unknown key, or the client holds no server: nothing to cancel
-        asyncio.get_running_loop().create_task(
-            send_cancel(conn.host, conn.port, conn.backend_pid, conn.backend_key))
+        session.pool.cancel(conn)
 
     def refused(self, session, error, sql: str | None = None) -> None:
         session.log.info("statement refused", sqlstate=error.sqlstate, rule=error.rule)
@@ -98,7 +106,10 @@ class App:
         await self.listener.start()
         host, port = self.config.listen
         self.log.info("listening", host=host, port=port)
-        print(f"tenantgate: listening on {host}:{port}", flush=True)
+        if self.worker is not None:
+            await self.worker.ready()  # the supervisor prints the line once all workers listen
+        else:
+            print(f"tenantgate: listening on {host}:{port}", flush=True)
         loop = asyncio.get_running_loop()
         expiry = loop.create_task(self._expire_idle())
         self._row_check = loop.create_task(self.row_catalogs.check_all())
@@ -109,6 +120,7 @@ class App:
             self.listener.close()
             for pool in self.pools.values():
                 pool.close()
+            self.shared_catalogs.close()
             await self.observer.close()
 
     async def _expire_idle(self) -> None:
@@ -117,15 +129,17 @@ class App:
             for pool in self.pools.values():
                 pool.expire_idle()
 
-    def reload(self) -> None:
-        """SIGHUP: validate the file again and swap the snapshot in, or keep the old one."""
+    def reload(self) -> str | None:
+        """SIGHUP: validate the file again and swap the snapshot in, or keep the old one.
+
+        Returns why the file was refused (for the admin console's RELOAD), None when done."""
         try:
             config = load_config(self.config.path)
             ssl_context = build_ssl_context(config.tls, config.path)
         except ConfigError as exc:
             self.log.error("reload failed, keeping the running configuration", error=str(exc))
             self.observer.config_reloaded(False, str(exc))
-            return
+            return str(exc)
         if config.listen != self.config.listen:
             self.log.warning("listen address changes need a restart", listen=config.listen)
         for key, pool in list(self.pools.items()):
@@ -137,6 +151,8 @@ class App:
         self.analyzer = Analyzer(ttl=config.cache_ttl)
         # Tables may have been added or fixed: row databases are checked again.
         self.row_catalogs = RowCatalogs(config, self.log)
+        self.shared_catalogs.close()
+        self.shared_catalogs = SharedCatalogs(config)
         self._row_check = asyncio.get_running_loop().create_task(self.row_catalogs.check_all())
         stale = [session for session in self.sessions if _changed_for(session, old, config)]
         for session in stale:
@@ -146,6 +162,7 @@ class App:
         self.log.info("configuration reloaded", tenants=len(config.tenants),
                       clients_to_reconnect=len(stale))
         self.observer.config_reloaded(True)
+        return None
 
     def drain(self) -> None:
         """SIGTERM/SIGINT: refuse new clients, let open transactions finish, then stop."""
@@ -172,27 +189,44 @@ def _changed_for(session, old: Config, new: Config) -> bool:
             != (new.pool_mode, new.isolation_level, new.shared_schemas, new.row))
 
 
-async def _main(config: Config) -> int:
-    app = App(config)
+async def _main(config: Config, worker=None) -> int:
+    app = App(config, worker)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, app.reload)
     loop.add_signal_handler(signal.SIGTERM, app.drain)
     loop.add_signal_handler(signal.SIGINT, app.drain)
-    await app.serve()
+    if worker is not None:
+        await worker.start(app)
+    try:
+        await app.serve()
+    finally:
+        if worker is not None:
+            await worker.close()
     app.log.info("stopped")
     return 0
 
 
-def run(config_path: str) -> int:
-    """Serve until SIGTERM/SIGINT; the process exit code."""
+def run(config_path: str, worker: int | None = None, worker_dir: str | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; the process exit code.
+
+    With `workers:` above 1 this process is the supervisor of that many worker processes
+    (proxy.workers); `worker` and `worker_dir` are what the supervisor starts each one with."""
     configure()
     try:
         config = load_config(config_path)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 1
+    link = None
+    if worker is not None:
+        from proxy.workerlink import WorkerLink
+        link = WorkerLink(worker, worker_dir)
+        config = link.pin(config)
+    elif config.workers > 1:
+        from proxy.workers import supervise
+        return supervise(config)
     try:
         import uvloop
-        return uvloop.run(_main(config))
+        return uvloop.run(_main(config, link))
     except ImportError:
-        return asyncio.run(_main(config))
+        return asyncio.run(_main(config, link))

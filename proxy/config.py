@@ -128,6 +128,7 @@ class Config:
     encryption_enabled: bool = False  # TENANT_ENCRYPTION_ENABLED (field encryption: not built yet)
     cache_ttl: float = 300.0  # TENANT_CACHE_TTL: seconds an analysis cache entry lives
     shutdown_timeout: float = 30.0  # seconds SIGTERM waits for in-flight transactions
+    workers: int = 1  # processes sharing the listen port (proxy.workers); a restart changes it
 
 
 # --- vocabulary ---------------------------------------------------------------------
@@ -145,11 +146,12 @@ UNKNOWN_TENANT_ACTIONS = ("reject",)
 _TOP_KEYS = ("listen", "metrics", "metrics_tenant_labels", "audit", "pool_mode",
              "isolation_level", "tls", "clusters", "users",
              "resolve", "user_separator", "row", "tenants", "unknown_tenant", "shared_schemas",
-             "max_client_connections", "max_message_size", "shutdown_timeout")
+             "max_client_connections", "max_message_size", "shutdown_timeout", "workers")
 _TLS_KEYS = ("cert", "key", "mode")
 _AUDIT_KEYS = ("path", "hmac_key", "every_statement", "max_bytes", "checkpoint_key")
 AUDIT_KEY_MIN_BYTES = 16
 AUDIT_MIN_MAX_BYTES = 65536
+MAX_WORKERS = 64  # each costs a process; the cancel key gives up log2(workers) bits to route
 _CLUSTER_KEYS = ("hosts", "user", "password", "pool_size", "tls", "tls_ca", "connect_timeout",
                  "wait_timeout", "idle_timeout", "max_lifetime")
 _USER_KEYS = ("password", "auth", "tenants", "tenant", "bypass", "cluster", "admin")
@@ -250,6 +252,7 @@ _TOP_FIELDS: dict[str, Callable] = {
     "max_client_connections": YamlReader.integer,
     "max_message_size": YamlReader.integer,
     "shutdown_timeout": lambda r, node, where: r.seconds(node, where, zero_ok=True),
+    "workers": lambda r, node, where: _workers(r, node, where),
 }
 _CLUSTER_FIELDS: dict[str, Callable] = {
     "hosts": lambda r, node, where: tuple(r.address(h, where) for h in r.sequence(node, where)),
@@ -302,6 +305,13 @@ def _separator(r: YamlReader, node: Node, where: str) -> str:
     if any(c.isspace() for c in text):
         raise r.error(f"{where}: must not contain spaces", node)
     return text
+
+
+def _workers(r: YamlReader, node: Node, where: str) -> int:
+    value = r.integer(node, where)
+    if value > MAX_WORKERS:
+        raise r.error(f"{where}: must be at most {MAX_WORKERS}, got {value}", node)
+    return value
 
 
 def _audit_key(r: YamlReader, node: Node, where: str) -> bytes:
@@ -496,7 +506,8 @@ def _check_user_kind(r: YamlReader, items: dict, fields: dict, where: str, key: 
     if fields.get("bypass") and bound:
         raise r.error(f"{where}: a bypass login acts for no tenant; remove "
                       f"'{'tenant' if 'tenant' in items else 'tenants'}'", items["bypass"][0])
-    if not fields.get("bypass") and not bound:
+    # An admin login needs no tenant: it may use only the admin console then.
+    if not fields.get("bypass") and not bound and not fields.get("admin"):
         raise r.error(f"{where}: give 'tenant', a non-empty 'tenants' or 'bypass: true'", key)
     if "cluster" in items and not fields.get("bypass"):
         raise r.error(f"{where}.cluster: only used by bypass logins", items["cluster"][0])

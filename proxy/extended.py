@@ -9,6 +9,8 @@ the proxy adds or removes are ordered by the session's `ReplyTracker`. Mixed int
 
 from __future__ import annotations
 
+import functools
+
 from proxy.errors import ProxyError
 from proxy.protocol import messages as m
 from proxy.refusals import raise_sql
@@ -27,29 +29,37 @@ class ExtendedQuery:
         if parse.name and self._can_defer_parse(decision):
             # Prepared lazily where it is used: a Parse+Sync (libpq's PQprepare) then
             # needs no server connection, so clients waiting for one cannot deadlock.
-            self._register_named(parse.name, make_statement(query, parse.param_oids))
+            self._register_named(parse.name, make_statement(query, parse.param_oids,
+                                                            decision.settings))
             return
         if not self._ensure_server(m.PARSE, raw):
             return
         if self.app.observer.audit is not None:
             self.app.observer.statement(self, parse.query)
-        self.unsynced_settings.extend(decision.settings)
         if decision.session_state:
             self.server.dirty = True
         if self.session_pooling:
             self._send_extended(raw if decision.action == "allow" else
                                 m.parse(parse.name, query, parse.param_oids), PARSED)
         elif parse.name:
-            self._parse_named(parse.name, make_statement(query, parse.param_oids))
+            self._parse_named(parse.name, make_statement(query, parse.param_oids,
+                                                         decision.settings))
         else:
-            self.unnamed = make_statement(query, parse.param_oids)
+            self.unnamed = make_statement(query, parse.param_oids, decision.settings)
             self.unnamed.parse_message = m.parse("", query, parse.param_oids)
             self._send_extended(self.unnamed.parse_message, PARSED)
             self.server.unnamed_owner = self.unnamed
 
+    def _statements_deallocated(self) -> None:
+        """DEALLOCATE ALL completed: the server dropped every named statement of the
+        connection (other clients' `tg_` ones too), and the client's names are gone."""
+        self.statements.clear()
+        if self.server is not None:
+            self.server.statements.clear()
+
     def _can_defer_parse(self, decision) -> bool:
         return (not self.session_pooling and self.server is None and self.leasing is None
-                and not decision.settings and not decision.session_state)
+                and not decision.session_state)
 
     def _claim_name(self, name: str, statement) -> bool:
         """Record a client's named statement; a name in use is 42P05, as in PostgreSQL."""
@@ -69,25 +79,51 @@ class ExtendedQuery:
         if not self._claim_name(name, statement):
             return
         self.unsynced = True
+        unclaim = self._unclaim_on_failure(name, statement)
         if self.server.statements.has(statement.server_name):
-            self._answer(m.parse_complete())
+            self._client_out.append(self.tracker.answer(m.parse_complete(), undo=unclaim))
         else:
-            self._prepare_on_server(statement, swallow=False)
+            self._prepare_on_server(statement, swallow=False, unclaim=unclaim)
 
-    def _prepare_on_server(self, statement, swallow: bool) -> None:
+    def _unclaim_on_failure(self, name: str, statement):
+        """Undo for a client's named Parse that the server failed or skipped: PostgreSQL
+        then creates no statement, so the name is free again (unless already reused)."""
+        def unclaim() -> None:
+            if self.statements.get(name) is statement:
+                del self.statements[name]
+        return unclaim
+
+    def _prepare_on_server(self, statement, swallow: bool, unclaim=None) -> None:
+        """Send the Parse of `statement` and record it as prepared on this connection.
+
+        It is recorded at once, so the messages that follow in the pipeline use it, and
+        taken back if the Parse fails or is skipped after an earlier error; otherwise a
+        later use of it would meet `26000 prepared statement "tg_…" does not exist`.
+        """
+        conn = self.server
+        server_name = statement.server_name
+
+        def unprepare() -> None:
+            conn.statements.forget(server_name)
+            if unclaim is not None:
+                unclaim()
+
         self._send(statement.parse_message)
-        self.tracker.expect(PARSED, swallow=swallow)
-        evicted = self.server.statements.add(statement.server_name)
-        if evicted is not None:
+        self.tracker.expect(PARSED, swallow=swallow, undo=unprepare)
+        for evicted in conn.statements.add(server_name):
             self._send(m.close_statement(evicted))
-            self.tracker.expect(CLOSED, swallow=True)
+            # A skipped Close leaves the statement prepared: keep it known, or its next
+            # Parse would fail with 42P05.
+            self.tracker.expect(CLOSED, swallow=True,
+                                undo=functools.partial(conn.statements.restore, evicted))
 
     def _statement_for(self, name: str):
         """The server-side name for a client statement, preparing it here if needed."""
         if not name:
             if self.unnamed is not None and self.server.unnamed_owner is not self.unnamed:
                 self._send(self.unnamed.parse_message)
-                self.tracker.expect(PARSED, swallow=True)
+                self.tracker.expect(PARSED, swallow=True,
+                                    undo=self._unnamed_unprepared(self.server, self.unnamed))
                 self.server.unnamed_owner = self.unnamed
             return ""
         statement = self.statements.get(name)
@@ -97,15 +133,34 @@ class ExtendedQuery:
             self._prepare_on_server(statement, swallow=True)
         return statement.server_name
 
+    @staticmethod
+    def _unnamed_unprepared(conn, statement):
+        """Undo for a re-Parse of the unnamed statement that failed or was skipped: the
+        server's unnamed slot does not hold it (a failed Parse empties the slot)."""
+        def unprepared() -> None:
+            if conn.unnamed_owner is statement:
+                conn.unnamed_owner = None
+        return unprepared
+
     def _on_bind(self, raw: bytes) -> None:
+        bind = m.decode_bind(raw)  # checks the whole message: forwarded only if well formed
         if not self._ensure_server(m.BIND, raw):
             return
         if not self.session_pooling:
-            bind = m.decode_bind(raw)
             server_name = self._statement_for(bind.statement)
             if server_name:
                 raw = m.rename_bind(raw, bind.portal, server_name)
+            self._bind_settings(bind.portal, bind.statement)
         self._send_extended(raw, BOUND)
+
+    def _bind_settings(self, portal: str, name: str) -> None:
+        """The SET/transaction events of the bound statement apply at each Execute of
+        the portal (a prepared SET executed again changes the setting again)."""
+        statement = self.statements.get(name) if name else self.unnamed
+        if statement is not None and statement.settings:
+            self.portal_settings[portal] = statement.settings
+        elif self.portal_settings:
+            self.portal_settings.pop(portal, None)
 
     def _on_describe(self, raw: bytes) -> None:
         if not self._ensure_server(m.DESCRIBE, raw):
@@ -118,8 +173,10 @@ class ExtendedQuery:
         self._send_extended(raw, DESCRIBED)
 
     def _on_execute(self, raw: bytes) -> None:
+        portal = m.decode_execute(raw)[0]  # checks the message: forwarded only if well formed
         if self._ensure_server(m.EXECUTE, raw):
-            self._send_extended(raw, EXECUTED)
+            settings = self.portal_settings.get(portal, ()) if self.portal_settings else ()
+            self._send_extended(raw, EXECUTED, settings)
 
     def _on_close(self, raw: bytes) -> None:
         kind, name = m.decode_close(raw)
@@ -127,13 +184,24 @@ class ExtendedQuery:
             # Statements stay prepared on the server (others may share them); the
             # client's name is forgotten and the proxy answers for the server.
             if name:
-                self.statements.pop(name, None)
+                closed = self.statements.pop(name, None)
             else:
-                self.unnamed = None
+                closed, self.unnamed = self.unnamed, None
             self.unsynced = True
-            self._answer(m.close_complete())
+            undo = self._reopen_on_skip(name, closed) if closed is not None else None
+            self._client_out.append(self.tracker.answer(m.close_complete(), undo=undo))
         elif self._ensure_server(m.CLOSE, raw):
             self._send_extended(raw, CLOSED)
+
+    def _reopen_on_skip(self, name: str, statement):
+        """Undo for a Close skipped after an earlier error: PostgreSQL keeps the statement."""
+        def reopen() -> None:
+            if not name:
+                if self.unnamed is None:
+                    self.unnamed = statement
+            elif name not in self.statements:
+                self.statements[name] = statement
+        return reopen
 
     def _on_sync(self, raw: bytes) -> None:
         if self.server is None and self.tracker.idle:
@@ -145,13 +213,12 @@ class ExtendedQuery:
 
     def _forward_sync(self) -> None:
         self._send(m.sync())
-        self.tracker.expect(READY, settings=tuple(self.unsynced_settings))
-        self.unsynced_settings.clear()
+        self.tracker.expect(READY)
         self.unsynced = False
 
-    def _send_extended(self, raw: bytes, replies: tuple[int, ...]) -> None:
+    def _send_extended(self, raw: bytes, replies: tuple[int, ...], settings: tuple = ()) -> None:
         self._send(raw)
-        self.tracker.expect(replies)
+        self.tracker.expect(replies, settings=settings)
         self.unsynced = True
 
     def _refuse_extended(self, error: ProxyError, sql: str | None = None) -> None:

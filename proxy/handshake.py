@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 
+from proxy.console import Console, open_console, wants_console
 from proxy.errors import FatalError, ProtocolViolation, ProxyError, TenantRefused
 from proxy.pool.lease import checkout
 from proxy.protocol import messages as m
@@ -26,6 +27,7 @@ CLIENT_VISIBLE_OVERRIDES = ("session_authorization", "is_superuser")
 
 
 async def run_handshake(session) -> None:
+    console = None
     try:
         async with asyncio.timeout(HANDSHAKE_TIMEOUT):
             if session.refuse_at_connect is not None:
@@ -33,7 +35,7 @@ async def run_handshake(session) -> None:
             startup = await read_startup(session)
             if startup is None:
                 return
-            await start_session(session, startup)
+            console = await start_session(session, startup)
     except TimeoutError:
         session.fail(ProtocolViolation("authentication timed out", rule="handshake-timeout"))
     except ProxyError as exc:
@@ -44,6 +46,8 @@ async def run_handshake(session) -> None:
     except Exception:  # a bug must not leave the client hanging on an open socket
         session.log.exception("handshake failed")
         session.fail(FatalError("internal error during connection startup", sqlstate="XX000"))
+    if console is not None:  # served by this task, outside the handshake's time limit
+        await console.serve()
 
 
 async def read_startup(session) -> StartupMessage | None:
@@ -99,8 +103,11 @@ async def start_tls(session) -> None:
     session.tls = True
 
 
-async def start_session(session, startup: StartupMessage) -> None:
-    """Authenticate, resolve the tenant, and tell the client it may send queries."""
+async def start_session(session, startup: StartupMessage) -> Console | None:
+    """Authenticate, resolve the tenant, and tell the client it may send queries.
+
+    An admin console connection is only authenticated and greeted here; the console it
+    returns serves it (`run_handshake`)."""
     app, config = session.app, session.app.config
     if startup.minor > 0:
         unsupported = [name for name in startup.params if name.startswith("_pq_.")]
@@ -117,6 +124,8 @@ async def start_session(session, startup: StartupMessage) -> None:
     session.log = session.log.bind(login=login_name)
     # md5 salts with the user name exactly as the client sent it ("app.acme").
     await authenticate(session, user, params["user"])
+    if wants_console(user, params.get("database") or params["user"]):
+        return await open_console(session, user, login_name, params)
     sni = _server_name(session) if session.tls else None
     tenant = resolve_tenant(config, user, suffix, params, sni)
     session.tenant = tenant.name if tenant is not None else None
@@ -125,15 +134,18 @@ async def start_session(session, startup: StartupMessage) -> None:
     session.startup_params = filter_startup_params(params)
     session.params = dict(session.startup_params)
     session.login = login_name
-    row_catalog = None
+    row_catalog = shared_catalog = None
     if tenant is not None and tenant.strategy == "row" and not user.bypass:
         row_catalog = await app.row_catalogs.get(tenant.cluster, tenant.database)
+    if tenant is not None and tenant.strategy == "schema" and not user.bypass:
+        shared_catalog = await app.shared_catalogs.get(tenant.cluster, tenant.database)
     plan = plan_session(config, user, tenant, params.get("database", params["user"]),
-                        row_catalog=row_catalog)
+                        row_catalog=row_catalog, shared_catalog=shared_catalog)
     session.plan = plan
     session.pool = app.pool_for(plan)
     app.admit(session, tenant)
     await finish_startup(session)
+    return None
 
 
 async def authenticate(session, user, login_name: str) -> None:
@@ -155,6 +167,8 @@ async def finish_startup(session) -> None:
     pool, plan = session.pool, session.plan
     conn = None
     if pool.server_params is None or session.app.config.pool_mode == "session":
+        if session.app.pauses.holds(session.tenant):  # PAUSE: this lease waits too
+            await session.app.pauses.wait(session)
         conn = await checkout(pool, plan, session.params)
         if session.closed:
             pool.release(conn)

@@ -1,8 +1,14 @@
-"""The accept loop, client-facing TLS, and forwarding of cancel requests to servers."""
+"""The accept loop, client-facing TLS, and forwarding of cancel requests to servers.
+
+With `workers: N` every worker binds the listen address with SO_REUSEPORT and the kernel
+spreads new connections over them; the supervisor first checks with a plain bind that no
+one else listens there (`check_address_free`).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 
 from proxy.config import ClientTls
@@ -19,7 +25,8 @@ class Listener:
         host, port = self.app.config.listen
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(self._new_session, host, port,
-                                               reuse_address=True, backlog=2048)
+                                               reuse_address=True, backlog=2048,
+                                               reuse_port=self.app.worker is not None)
 
     def _new_session(self):
         from proxy.session import ClientSession  # the session imports the handshake lazily too
@@ -33,6 +40,18 @@ class Listener:
     def close(self) -> None:
         if self.server is not None:
             self.server.close()
+
+
+def check_address_free(host: str, port: int) -> None:
+    """Raise OSError (EADDRINUSE) when a socket listens on (host, port) already.
+
+    SO_REUSEPORT would let a second tenantgate of the same OS user share the port without
+    an error and take half of the clients; a bind without it fails when anything listens."""
+    for family, kind, proto, _, address in socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no user
+            probe.bind(address)
 
 
 class ClientSSLObject(ssl.SSLObject):

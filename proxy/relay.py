@@ -1,9 +1,10 @@
 """Relaying a server's replies to the client: by length, looking only at what ends a request.
 
-ReadyForQuery tells when the lease may end and which settings took effect, errors and
-completions advance the session's `ReplyTracker` (which also cuts the replies the proxy
-asked for itself and places its own answers), and ParameterStatus is checked for drift
-of the settings that change how SQL is lexed. Mixed into `ClientSession`.
+ReadyForQuery tells when the lease may end, errors and completions advance the
+session's `ReplyTracker` (which also cuts the replies the proxy asked for itself and
+places its own answers) and its `TransactionSettings` (which SET/RESET lasted), and
+ParameterStatus is checked for drift of the settings that change how SQL is lexed.
+Mixed into `ClientSession`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import time
 
 from proxy.errors import AdminShutdown, ConnectionUnavailable, ProtocolViolation, ProxyError
 from proxy.protocol import messages as m
-from proxy.replies import PARSED, BOUND, CLOSED, EXECUTED, DESCRIBED
+from proxy.replies import PARSED, BOUND, CLOSED, EXECUTED, DESCRIBED, READY
 
 # Settings whose drift (ParameterStatus) means the proxy and server no longer lex SQL alike.
 PINNED_REPORTED = {"client_encoding": "UTF8", "standard_conforming_strings": "on"}
@@ -36,12 +37,19 @@ class ReplyRelay:
             mtype = reply.type
             swallow = False
             if mtype in COMPLETIONS:
+                queue = self.tracker.queue
+                entry = queue[0] if queue else None
                 swallow = self.tracker.on_completion(mtype)
+                if entry is not None and entry.settings and mtype == m.COMMAND_COMPLETE:
+                    self._statement_done(entry, reply.raw)
             elif mtype == m.READY_FOR_QUERY:
                 self._on_ready(reply.raw)
             elif mtype == m.ERROR_RESPONSE:
                 self.tracker.on_error()
+                self.tx_settings.error()
                 self.tm.error()
+            elif mtype == m.COPY_IN_RESPONSE:
+                self._on_copy_in()
             elif mtype == m.PARAMETER_STATUS and not self._parameter_ok(reply.raw):
                 return
             synthetic = self.tracker.take_synthetic() if self.tracker.queue else b""
@@ -73,14 +81,35 @@ class ReplyRelay:
         self.request_started = now  # a pipelined next request is timed from here
         if self.tx_status == IDLE:
             self.tm.transaction()
-        if entry is not None and entry.settings and not entry.failed:
-            self._apply_settings(entry.settings)
+        failed = entry is not None and entry.failed
+        if entry is not None and entry.settings and not failed:
+            self.tx_settings.apply(entry.settings)  # statements whose tags told nothing
+        self.tx_settings.ready(self.tx_status, failed)
+
+    def _statement_done(self, entry, raw: bytes) -> None:
+        """A statement with setting or transaction events completed (CommandComplete)."""
+        tag = raw[5:-1]
+        if entry.replies is READY:  # one statement of a simple Query: the tag tells which
+            entry.settings = self.tx_settings.statement_done(entry.settings, tag)
+        else:  # an Execute: its one statement
+            self.tx_settings.apply(entry.settings, tag)
+            entry.settings = ()
+
+    def _on_copy_in(self) -> None:
+        """COPY FROM STDIN started. Started by an Execute, the server ignores every Sync
+        until the copy ends: those the client sent before it saw CopyInResponse (libpq
+        sends Execute and Sync together) get no ReadyForQuery."""
+        queue = self.tracker.queue
+        if not queue or queue[0].replies is READY:
+            return  # a simple Query's COPY
+        ignored = [entry for entry in queue if entry.replies is READY]
+        for entry in ignored:
+            queue.remove(entry)
+        self.tracker.pending_syncs -= len(ignored)
 
     def _apply_settings(self, changes) -> None:
-        """Remember the client's SET/RESET so they are restored on its next lease."""
+        """Track the client's SET/RESET that lasted so they are restored on its next lease."""
         for change in changes:
-            if change.local:
-                continue
             if change.name == "*":
                 self.params = dict(self.startup_params)
                 self.server.dirty = True

@@ -32,15 +32,20 @@ TRACKED_REPLIES = frozenset(
 class Expect:
     """One entry: a reply the server will send, or bytes the proxy will send itself."""
 
-    __slots__ = ("replies", "swallow", "synthetic", "settings", "failed")
+    __slots__ = ("replies", "swallow", "synthetic", "settings", "failed", "undo")
 
     def __init__(self, replies: tuple[int, ...], swallow: bool = False,
-                 synthetic: bytes | None = None, settings: tuple = ()) -> None:
+                 synthetic: bytes | None = None, settings: tuple = (), undo=None) -> None:
         self.replies = replies  # the message types that end this entry's answer; () if synthetic
         self.swallow = swallow  # the proxy asked for it: do not relay it
         self.synthetic = synthetic  # bytes for the client, sent when this entry is reached
-        self.settings = settings  # SET/RESET changes that take effect when this sync succeeds
+        # SET/transaction events (Decision.settings) that apply as this entry's statement
+        # completes (an Execute) or its statements do (a simple Query): proxy.txsettings
+        self.settings = settings
         self.failed = False  # an ErrorResponse came before this ReadyForQuery
+        # Called if the server skips or fails this message (no completion came): takes
+        # back what the proxy recorded when sending it, e.g. a statement as prepared.
+        self.undo = undo
 
 
 class ReplyTracker:
@@ -51,16 +56,20 @@ class ReplyTracker:
         self.pending_syncs = 0  # Query/Sync messages whose ReadyForQuery has not come
 
     def expect(self, replies: tuple[int, ...], *, swallow: bool = False,
-               settings: tuple = ()) -> None:
-        self.queue.append(Expect(replies, swallow, None, settings))
+               settings: tuple = (), undo=None) -> None:
+        self.queue.append(Expect(replies, swallow, None, settings, undo))
         if replies is READY:
             self.pending_syncs += 1
 
-    def answer(self, data: bytes) -> bytes:
-        """Queue bytes the proxy answers itself; returns what can be sent right now."""
+    def answer(self, data: bytes, undo=None) -> bytes:
+        """Queue bytes the proxy answers itself; returns what can be sent right now.
+
+        `undo` is called if an error before it makes the server skip to Sync, which
+        drops the answer too (sent right now, nothing can come before it).
+        """
         if not self.queue:
             return data
-        self.queue.append(Expect((), synthetic=data))
+        self.queue.append(Expect((), synthetic=data, undo=undo))
         return b""
 
     def on_completion(self, reply: int) -> bool:
@@ -76,21 +85,33 @@ class ReplyTracker:
 
     def on_error(self) -> None:
         """The server skips to the next Sync after an error: so do the expectations."""
-        queue = self.queue
-        while queue and queue[0].replies is not READY:
-            queue.popleft()
-        if queue:
-            queue[0].failed = True
+        self._skip_to_ready()
+        if self.queue:
+            self.queue[0].failed = True
 
     def on_ready(self) -> Expect | None:
         """A ReadyForQuery arrived: the entry it answers (None if unexpected)."""
+        self._skip_to_ready()
         queue = self.queue
-        while queue and queue[0].replies is not READY:
-            queue.popleft()
         if not queue:
             return None
         self.pending_syncs -= 1
         return queue.popleft()
+
+    def _skip_to_ready(self) -> None:
+        """Drop the entries the server did not answer, undoing what the proxy recorded
+        for them; latest first, so each undo sees the state its message was sent in."""
+        queue = self.queue
+        skipped = None
+        while queue and queue[0].replies is not READY:
+            entry = queue.popleft()
+            if entry.undo is not None:
+                if skipped is None:
+                    skipped = []
+                skipped.append(entry.undo)
+        if skipped is not None:
+            for undo in reversed(skipped):
+                undo()
 
     def take_synthetic(self) -> bytes:
         """Proxy answers that are now at the front of the queue."""

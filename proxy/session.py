@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from proxy.errors import AdminShutdown, FatalError, ProtocolViolation, ProxyError
+from proxy.errors import AdminShutdown, FatalError, InvalidEncoding, ProtocolViolation, ProxyError
 from proxy.extended import ExtendedQuery
 from proxy.pool.lease import checkout, is_ready_for
 from proxy.protocol import messages as m
@@ -22,7 +22,7 @@ from proxy.protocol.framing import MessageReader, StartupReader
 from proxy.refusals import raise_sql
 from proxy.relay import IDLE, ReplyRelay
 from proxy.replies import READY, ReplyTracker
-from proxy.sql.scope import SettingChange
+from proxy.txsettings import TransactionSettings
 
 
 class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
@@ -39,6 +39,8 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
         self.message_waiter: asyncio.Future | None = None
         self.bytes_waiter: asyncio.Future | None = None
         self.tls = False
+        self.connect_time = time.time()  # wall clock at accept, for the admin console
+        self.console = None  # the admin console serving this client (proxy.console), if any
         # Set by the handshake:
         self.login = ""
         self.tenant: str | None = None
@@ -61,19 +63,16 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
         self.skip_to_sync = False
         self.refused_directly = False  # the pending refusal was answered without the server
         self.unsynced = False  # extended-protocol messages forwarded since the last Sync
-        self.unsynced_settings: list[SettingChange] = []
-        self.queued: list[tuple[int, bytes]] = []  # messages waiting for a lease
+        self.portal_settings: dict[str, tuple] = {}  # events an Execute of the portal applies
+        self.tx_settings = TransactionSettings(self._apply_settings, self._statements_deallocated)
+        # The message that asked for a server connection, handled once it is attached;
+        # the messages after it wait in the reader (reading is paused meanwhile).
+        self.held: tuple[int, bytes] | None = None
         self.leasing: asyncio.Task | None = None
         self.statements: dict = {}
         self.unnamed = None
         self._server_out: list[bytes] = []
         self._client_out: list[bytes] = []
-        self._handlers = {
-            m.QUERY: self._on_query, m.PARSE: self._on_parse, m.BIND: self._on_bind,
-            m.DESCRIBE: self._on_describe, m.EXECUTE: self._on_execute, m.CLOSE: self._on_close,
-            m.SYNC: self._on_sync, m.FLUSH: self._on_flush, m.TERMINATE: self._on_terminate,
-            m.COPY_DATA: self._on_copy, m.COPY_DONE: self._on_copy, m.COPY_FAIL: self._on_copy,
-        }
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -163,17 +162,24 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
         reader = self.reader
         if self.tracker.idle:
             self.request_started = time.perf_counter()
-        while not self.closed and (message := reader.next()) is not None:
-            if self.leasing is not None:
-                self.queued.append(message)
-            elif self.skip_to_sync:
-                self._skip(*message)
-            else:
-                handler = self._handlers.get(message[0])
-                if handler is None:
-                    raise _unexpected(message[0])
-                handler(message[1])
+        # While a lease is being taken the messages after the one that asked for it stay
+        # in the reader: `_lease` comes back here once the server connection is attached.
+        while not self.closed and self.leasing is None and (message := reader.next()) is not None:
+            self._handle(*message)
         self._flush()
+
+    def _handle(self, mtype: int, raw: bytes) -> None:
+        """One client message, through the one table of what each type does."""
+        handler = _HANDLERS.get(mtype)
+        if handler is None:
+            raise _unexpected(mtype)  # even while skipping to Sync: fail closed (THREATS 55)
+        if self.skip_to_sync:
+            self._skip(mtype, raw)
+            return
+        try:
+            handler(self, raw)
+        except InvalidEncoding as exc:
+            self._refuse_invalid_text(mtype, exc)
 
     def _skip(self, mtype: int, raw: bytes) -> None:
         """After a refusal in the extended protocol, drop messages up to Sync (as the server)."""
@@ -181,6 +187,7 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
             self.skip_to_sync = False
             if self.refused_directly:
                 self.refused_directly = False
+                self.unsynced = False  # nothing went to a server since the refusal
                 self._client_out.append(m.ready_for_query(bytes([self.tx_status])))
             else:
                 self._forward_sync()
@@ -207,6 +214,7 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
             self.server.dirty = True
 
     def _on_flush(self, raw: bytes) -> None:
+        m.check_empty(raw, m.FLUSH, "Flush")  # forwarded as it is: nothing may follow
         if self.server is not None:
             self._send(raw)
 
@@ -238,11 +246,17 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
     # -- refusals ---------------------------------------------------------------------
 
     def _can_answer_directly(self) -> bool:
-        return self.tracker.idle and self.tx_status == IDLE and not self.unsynced
+        """True if no server has anything of this client pending: none is attached (what
+        the proxy answered alone since the last Sync, like a Close of a statement, left
+        nothing on a server), or the attached one is idle, synced and outside a transaction."""
+        if not self.tracker.idle:
+            return False
+        return self.server is None or (self.tx_status == IDLE and not self.unsynced)
 
     def _refuse_simple(self, error: ProxyError, sql: str | None = None) -> None:
         self.app.refused(self, error, sql)
         if self._can_answer_directly():
+            self.unsynced = False  # the client gets ReadyForQuery: nothing is left pending
             self._client_out.append(m.error_response(error.fields()))
             self._client_out.append(m.ready_for_query(b"I"))
             return
@@ -251,23 +265,36 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
         self._send(m.query(raise_sql(error)))
         self.tracker.expect(READY)
 
+    def _refuse_invalid_text(self, mtype: int, error: InvalidEncoding) -> None:
+        """Text that is not UTF-8 never reaches the server (THREATS 13). PostgreSQL
+        answers it with an ERROR, not FATAL, so this is a refusal like any other: a
+        Query gets its ReadyForQuery, an extended-protocol message skips to Sync."""
+        if mtype == m.QUERY:
+            self._refuse_simple(error)
+        else:
+            self._refuse_extended(error)
+
     # -- leasing ----------------------------------------------------------------------
 
     def _ensure_server(self, mtype: int, raw: bytes) -> bool:
         """True if a server connection is attached; else queue the message and lease one."""
         if self.server is not None:
             return True
-        conn = self.pool.take_idle(self.plan.context_key)
+        paused = self.app.pauses.holds(self.tenant)  # PAUSE: take nothing, wait in _lease
+        conn = None if paused else self.pool.take_idle(self.plan.context_key)
         if conn is not None and is_ready_for(conn, self.plan, self.params):
             self._attach(conn)
             return True
-        self.queued.append((mtype, raw))
+        self.held = (mtype, raw)
         self.transport.pause_reading()
         self.leasing = asyncio.get_running_loop().create_task(self._lease(conn))
         return False
 
     async def _lease(self, conn) -> None:
         try:
+            if self.app.pauses.holds(self.tenant):
+                await self.app.pauses.wait(self, conn)  # gives `conn` back while it waits
+                conn = None
             conn = await checkout(self.pool, self.plan, self.params, conn)
         except ProxyError as exc:
             self.leasing = None
@@ -278,17 +305,22 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
             self.pool.release(conn)
             return
         self._attach(conn)
-        queued, self.queued = self.queued, []
+        self._resume_after_lease()
+
+    def _resume_after_lease(self) -> None:
+        """Handle the message that asked for the lease, then what arrived meanwhile, through
+        the same dispatch as ever; whatever fails, the session fails and the server
+        connection goes back to the pool or is discarded with it."""
+        held, self.held = self.held, None
         try:
-            for mtype, raw in queued:
-                if self.skip_to_sync:
-                    self._skip(mtype, raw)
-                else:
-                    self._handlers[mtype](raw)
+            self._handle(*held)
             self.transport.resume_reading()
             self._process_client_messages()
         except ProxyError as exc:
             self.fail(exc)
+        except Exception as exc:  # a bug; in this task nothing else would close the client
+            self.log.exception("client message failed after a lease")
+            self.fail(FatalError(f"internal error: {exc.__class__.__name__}"))
 
     def _attach(self, conn) -> None:
         self.server = conn
@@ -332,6 +364,17 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
     @property
     def active_server(self):
         return self.server
+
+
+# What each client message type does after the handshake; any other type is 08P01.
+_HANDLERS = {
+    m.QUERY: ClientSession._on_query, m.PARSE: ClientSession._on_parse,
+    m.BIND: ClientSession._on_bind, m.DESCRIBE: ClientSession._on_describe,
+    m.EXECUTE: ClientSession._on_execute, m.CLOSE: ClientSession._on_close,
+    m.SYNC: ClientSession._on_sync, m.FLUSH: ClientSession._on_flush,
+    m.TERMINATE: ClientSession._on_terminate, m.COPY_DATA: ClientSession._on_copy,
+    m.COPY_DONE: ClientSession._on_copy, m.COPY_FAIL: ClientSession._on_copy,
+}
 
 
 def _as_fatal(error: ProxyError) -> ProxyError:

@@ -22,19 +22,20 @@ SERVER_CACHE_SIZE = 256  # statements kept prepared per server connection
 class Statement:
     """A client's statement: what to send to prepare it, and under which server name."""
 
-    __slots__ = ("server_name", "parse_message")
+    __slots__ = ("server_name", "parse_message", "settings")
 
-    def __init__(self, server_name: str, parse_message: bytes) -> None:
+    def __init__(self, server_name: str, parse_message: bytes, settings: tuple = ()) -> None:
         self.server_name = server_name
         self.parse_message = parse_message
+        self.settings = settings  # SET/transaction events each Execute of it applies
 
 
-def make_statement(query: str, param_oids: tuple[int, ...]) -> Statement:
+def make_statement(query: str, param_oids: tuple[int, ...], settings: tuple = ()) -> Statement:
     """A Statement whose server-side name is derived from its text and parameter types."""
     digest = hashlib.blake2b(query.encode(), digest_size=10)
     digest.update(struct.pack(f"!{len(param_oids)}I", *param_oids))
     server_name = "tg_" + digest.hexdigest()
-    return Statement(server_name, m.parse(server_name, query, param_oids))
+    return Statement(server_name, m.parse(server_name, query, param_oids), settings)
 
 
 class ServerStatements:
@@ -49,13 +50,25 @@ class ServerStatements:
             return True
         return False
 
-    def add(self, server_name: str) -> str | None:
-        """Record a prepared statement; returns a name to Close when the cache is full."""
+    def add(self, server_name: str) -> list[str]:
+        """Record a statement as its Parse is sent; returns the names to Close to keep the
+        cache in bounds (usually none, one when the cache is full)."""
+        names = self.names
+        names[server_name] = None
+        evicted = []
+        while len(names) > SERVER_CACHE_SIZE:
+            evicted.append(names.popitem(last=False)[0])
+        return evicted
+
+    def forget(self, server_name: str) -> None:
+        """The Parse sent for `server_name` failed or was skipped: nothing is prepared."""
+        self.names.pop(server_name, None)
+
+    def restore(self, server_name: str) -> None:
+        """The Close sent for `server_name` was skipped: it is still prepared. Kept as the
+        least recently used, so it is the next to be closed."""
         self.names[server_name] = None
-        if len(self.names) > SERVER_CACHE_SIZE:
-            evicted, _ = self.names.popitem(last=False)
-            return evicted
-        return None
+        self.names.move_to_end(server_name, last=False)
 
     def clear(self) -> None:
         self.names.clear()

@@ -31,7 +31,8 @@ connect (application_name, database), disconnect (seconds, statements), login_re
 (reason, sqlstate), refusal (rule, sqlstate, shape), ddl and bypass_statement (kind,
 shape), statement (kind, shape; kept only with every_statement), config_reload (ok, path,
 error, tenants). `sql=` is accepted in place of `shape=` and stored only as its shape.
-One proxy process per audit path: a second one would rotate the first one's file away.
+One proxy process per audit path: a second one would rotate the first one's file away. With
+`workers: N` that process is the supervisor; workers send it their entries (proxy.workerlink).
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ from pglast import parser
 from proxy.observability.logging import get_logger
 
 CALLER_EVENTS = frozenset({"connect", "login_refused", "disconnect", "refusal",
-                           "bypass_statement", "ddl", "statement", "config_reload"})
+                           "bypass_statement", "ddl", "statement", "config_reload",
+                           "admin_command"})
 EVENTS = CALLER_EVENTS | {"checkpoint", "rotate", "gap"}  # the last three: written by the log
 GENESIS = "0" * 64  # `prev` of the first entry of a new trail
 DEFAULT_QUEUE_SIZE = 10_000
@@ -405,14 +407,20 @@ class AuditLog:
                 await space
         return self.record(event, **fields)
 
-    def _drop(self) -> None:
-        self.dropped += 1
+    def lost(self, count: int) -> None:
+        """`count` entries lost before they got here (a worker's queue was full, see
+        proxy.workerlink): counted and chained into the trail as a gap, like a drop here."""
+        if count > 0:
+            self._drop(count)
+
+    def _drop(self, count: int = 1) -> None:
+        self.dropped += count
         if not self._closing:
             gap = self._gap
             if gap is not None and self._queue and self._queue[-1] is gap:
-                gap[2]["count"] += 1
+                gap[2]["count"] += count
             else:  # one marker past capacity, at the place where entries went missing
-                self._gap = (self._wall(), "gap", {"count": 1})
+                self._gap = (self._wall(), "gap", {"count": count})
                 self._queue.append(self._gap)
         now = time.monotonic()
         if now - self._last_warning >= WARN_INTERVAL:

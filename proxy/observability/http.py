@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import inspect
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from proxy.observability.dashboard import PAGE
@@ -58,10 +58,12 @@ class HttpServer:
     def __init__(self, address: tuple[str, int], metrics: Any,
                  ready: Callable[[], Any] | None = None, *,
                  read_timeout: float = READ_TIMEOUT, max_request: int = MAX_REQUEST,
-                 max_connections: int = MAX_CONNECTIONS) -> None:
+                 max_connections: int = MAX_CONNECTIONS,
+                 refresh: Callable[[], Awaitable[None]] | None = None) -> None:
         self.host, self.port = address
         self.metrics = metrics
         self.ready = ready or (lambda: True)
+        self.refresh = refresh  # awaited before /metrics and /api/summary (workers' totals)
         self.read_timeout = read_timeout
         self.max_request = max_request
         self.max_connections = max_connections
@@ -127,6 +129,8 @@ class HttpServer:
             return _Response(500, "internal error\n"), False
 
     async def _route(self, path: str) -> _Response:
+        if path in ("/metrics", "/api/summary") and self.refresh is not None:
+            await self.refresh()
         if path == "/metrics":
             return _Response(200, self.metrics.render(), METRICS_TYPE)
         if path == "/healthz":

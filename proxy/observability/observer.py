@@ -24,14 +24,18 @@ class Observer:
         self.metrics = Metrics(config.metrics_tenant_labels)
         self.metrics.watch_pools(lambda: list(app.pools.values()))
         self.metrics.watch_analyzer(lambda: app.analyzer)
-        self.audit = AuditLog.from_settings(config.audit) if config.audit else None
+        worker = getattr(app, "worker", None)
+        if worker is not None:  # only the supervisor writes the chain: entries go there
+            self.audit = worker.audit_log()
+        else:
+            self.audit = AuditLog.from_settings(config.audit) if config.audit else None
         self.metrics.watch_audit(lambda: self.audit)
         self.http: HttpServer | None = None
 
     async def start(self) -> None:
         if self.audit is not None:
             await self.audit.start()
-        if self.app.config.metrics is not None:
+        if self.app.config.metrics is not None and getattr(self.app, "worker", None) is None:
             self.http = HttpServer(self.app.config.metrics, self.metrics, ready=self.ready)
             await self.http.start()
 
@@ -45,9 +49,7 @@ class Observer:
         """/readyz: not draining, and every cluster has a host that accepts connections."""
         if self.app.draining:
             return False
-        clusters = self.app.config.clusters.values()
-        results = await asyncio.gather(*(_reachable(cluster.hosts) for cluster in clusters))
-        return all(results)
+        return await backends_reachable(self.app.config)
 
     # -- events -------------------------------------------------------------------------
 
@@ -84,10 +86,27 @@ class Observer:
         elif self.audit.wants_statements:
             self._audit("statement", session, shape=shape_of(sql))
 
+    def admin_connected(self, session, database: str) -> None:
+        self._audit("connect", session, database=database,
+                    application_name=session.params.get("application_name"))
+
+    def admin_disconnected(self, session) -> None:
+        self._audit("disconnect", session)
+
+    def admin_command(self, session, command: str, sqlstate: str | None) -> None:
+        """A command on the admin console (sqlstate: why it failed, None when it was done)."""
+        self._audit("admin_command", session, command=command, sqlstate=sqlstate)
+
     def config_reloaded(self, ok: bool, error: str | None = None) -> None:
         if self.audit is not None:
             self.audit.record("config_reload", ok=ok, path=self.app.config.path, error=error,
                               tenants=len(self.app.config.tenants))
+
+
+async def backends_reachable(config) -> bool:
+    """Whether every cluster has a host that accepts connections."""
+    clusters = config.clusters.values()
+    return all(await asyncio.gather(*(_reachable(cluster.hosts) for cluster in clusters)))
 
 
 async def _reachable(hosts) -> bool:

@@ -39,6 +39,10 @@ async def checkout(pool: Pool, plan: SessionPlan, params: dict[str, str],
         pool.discard(conn)
         raise ConnectionUnavailable(
             f"could not prepare a server connection for this session: {exc}") from None
+    if plan.scope.pool_mode == "session":
+        # The client holds it until it leaves and may leave anything behind (its named
+        # prepared statements, settings, SQL PREPAREs): reset it before the next client.
+        conn.dirty = True
     return conn
 
 

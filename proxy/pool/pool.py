@@ -11,6 +11,7 @@ import asyncio
 import collections
 import contextlib
 import time
+from collections.abc import Callable
 
 from proxy.config import Cluster
 from proxy.errors import PoolTimeout
@@ -29,6 +30,7 @@ class Pool:
         self.server_params: dict[str, str] | None = None  # ParameterStatus of a fresh connection
         self.retired = False  # replaced by a reload: close connections as they come back
         self._opening: set[asyncio.Task] = set()
+        self._cancels: set[asyncio.Task] = set()
 
     @property
     def active(self) -> int:
@@ -92,7 +94,10 @@ class Pool:
     def release(self, conn: ServerConnection) -> None:
         """Take a connection back; it must be outside any transaction."""
         conn.detach()
-        if conn.closed or self.retired or self._too_old(conn):
+        if conn.cancels:  # comes back when the server has taken the cancel
+            conn.held_back = True
+            return
+        if conn.closed or not conn.reusable or self.retired or self._too_old(conn):
             self.discard(conn)
             return
         while self.waiters:
@@ -101,6 +106,29 @@ class Pool:
                 waiter.set_result(conn)
                 return
         self.idle.append(conn)
+
+    def cancel(self, conn: ServerConnection) -> None:
+        """Forward a client's CancelRequest to the backend of `conn`, which it holds now.
+
+        PostgreSQL takes a cancel some time after it is sent; until then `conn` goes to
+        no one else, so the cancel cannot stop the next holder's query (THREATS 59).
+        """
+        conn.cancels += 1
+        task = asyncio.get_running_loop().create_task(self._send_cancel(conn))
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
+
+    async def _send_cancel(self, conn: ServerConnection) -> None:
+        settled = False
+        try:
+            settled = await conn.send_cancel()
+        finally:
+            conn.cancels -= 1
+            if not settled:
+                conn.reusable = False  # it could still stop whoever holds it next
+            if conn.held_back and not conn.cancels:
+                conn.held_back = False
+                self.release(conn)
 
     def discard(self, conn: ServerConnection) -> None:
         """Close a connection that must not be reused; let a waiter open a new one."""
@@ -142,6 +170,14 @@ class Pool:
             self.idle.remove(conn)
             self.discard(conn)
         return len(stale)
+
+    def close_idle(self, which: Callable[[ServerConnection], bool]) -> int:
+        """Close the idle connections `which` selects (admin KILL); returns how many."""
+        doomed = [conn for conn in self.idle if which(conn)]
+        for conn in doomed:
+            self.idle.remove(conn)
+            self.discard(conn)
+        return len(doomed)
 
     def close(self) -> None:
         """Close idle connections now and the others as they come back."""

@@ -19,12 +19,13 @@ from proxy.protocol import messages as m
 from proxy.protocol.auth import BackendAuth
 from proxy.protocol.framing import MessageReader, ReplyScanner
 from proxy.replies import TRACKED_REPLIES
-from proxy.protocol.startup import encode_ssl_request, encode_startup
+from proxy.protocol.startup import encode_cancel_request, encode_ssl_request, encode_startup
 from proxy.statements import ServerStatements
 
 # Settings every server connection is opened with: they change how SQL is lexed,
 # so the proxy and the server must agree on them (THREATS.md 12, 13).
 PINNED_STARTUP = {"client_encoding": "UTF8", "standard_conforming_strings": "on"}
+CANCEL_TIMEOUT = 5.0  # seconds for the server to take a CancelRequest
 
 
 class ServerError(Exception):
@@ -51,6 +52,9 @@ class ServerConnection(asyncio.Protocol):
         self.applied_params: dict[str, str] = {}  # client settings applied by setup
         self.dirty = False  # session state of unknown shape left behind: reset before reuse
         self.closed = False
+        self.cancels = 0  # CancelRequests sent for this backend that the server has not taken yet
+        self.held_back = False  # released while a cancel was on its way: not reusable yet
+        self.reusable = True  # False once a cancel may still arrive at any time
         self.statements = ServerStatements()  # protocol-level statements prepared here
         self.unnamed_owner: object | None = None  # the client Statement in the unnamed slot
         self.scanner = ReplyScanner(TRACKED_REPLIES)  # reply boundaries while relaying
@@ -159,6 +163,28 @@ class ServerConnection(asyncio.Protocol):
         self.on_data = self._internal_data
         self.on_lost = None
         self.last_used = time.monotonic()
+        # The session may have stopped reading it for a slow client (backpressure).
+        if self.transport is not None and not self.closed and not self.transport.is_reading():
+            self.transport.resume_reading()
+
+    async def send_cancel(self) -> bool:
+        """A CancelRequest for this backend, over a new connection. True when it is
+        settled: the server closed that connection, which PostgreSQL does only after it
+        signalled the backend, or nothing was sent; False if it may still arrive."""
+        sent = False
+        try:
+            async with asyncio.timeout(CANCEL_TIMEOUT):
+                reader, writer = await asyncio.open_connection(self.host, self.port)
+                try:
+                    writer.write(encode_cancel_request(self.backend_pid, self.backend_key))
+                    sent = True
+                    await writer.drain()
+                    await reader.read()  # until the server closes it
+                finally:
+                    writer.close()
+        except (OSError, TimeoutError):
+            return not sent
+        return True
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:

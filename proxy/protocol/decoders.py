@@ -110,20 +110,57 @@ def _oid_struct(count: int) -> struct.Struct:
 
 
 def decode_bind(raw: bytes) -> Bind:
-    """Bind ('B'): the portal and statement names (the rest is left to the server)."""
-    end = bind_names_end(raw)
+    """Bind ('B'): the portal and statement names, once the whole message is checked.
+
+    The parameter values are walked by their lengths, never copied: the proxy
+    forwards them as they are, so it only has to be sure that the server will
+    read the same message boundaries, names and value count as the proxy did.
+    """
+    n = _frame(raw, c.BIND, "Bind")
     portal_end = raw.find(b"\x00", 5)
-    return _new_bind((_utf8(raw[5:portal_end]), _utf8(raw[portal_end + 1:end - 1])))
+    statement_end = raw.find(b"\x00", portal_end + 1) if portal_end >= 0 else -1
+    if statement_end < 0 or _bind_values_end(raw, statement_end + 1, n) != n:
+        raise _bad("Bind")
+    return _new_bind((_utf8(raw[5:portal_end]), _utf8(raw[portal_end + 1:statement_end])))
+
+
+def _bind_values_end(raw: bytes, pos: int, n: int) -> int:
+    """Walk Bind's format codes, parameter values and result format codes from `pos`;
+    return where they end (the message is well formed if that is `n`)."""
+    pos = _int16_array_end(raw, pos, n)  # parameter format codes
+    if n - pos < 2:
+        raise _bad("Bind")
+    count = _unpack_u16(raw, pos)[0]
+    pos += 2
+    for _ in range(count):  # each value takes at least 4 bytes: bounded by the length
+        if n - pos < 4:
+            raise _bad("Bind")
+        size = _unpack_i32(raw, pos)[0]
+        pos += 4
+        if size > 0:
+            if size > n - pos:
+                raise _bad("Bind")
+            pos += size
+        elif size < -1:  # -1 is NULL; any other negative length is malformed
+            raise _bad("Bind")
+    return _int16_array_end(raw, pos, n)  # result format codes
+
+
+def _int16_array_end(raw: bytes, pos: int, n: int) -> int:
+    """The end of a uint16 count followed by that many int16 values (Bind's format codes)."""
+    if n - pos < 2:
+        raise _bad("Bind")
+    end = pos + 2 + 2 * _unpack_u16(raw, pos)[0]
+    if end > n:
+        raise _bad("Bind")
+    return end
 
 
 def bind_names_end(raw: bytes) -> int:
-    """Offset just after Bind's statement name: `raw[end:]` is the opaque rest."""
-    _frame(raw, c.BIND, "Bind")
-    portal_end = raw.find(b"\x00", 5)
-    statement_end = raw.find(b"\x00", portal_end + 1) if portal_end >= 0 else -1
-    if statement_end < 0:
-        raise _bad("Bind")
-    return statement_end + 1
+    """Offset just after Bind's statement name: `raw[end:]` is the opaque rest.
+
+    Only finds the names: `raw` must be a Bind that `decode_bind` accepted."""
+    return raw.find(b"\x00", raw.find(b"\x00", 5) + 1) + 1
 
 
 def _kind_and_name(raw: bytes, kind: int, what: str) -> tuple[str, str]:
@@ -146,10 +183,15 @@ def decode_close(raw: bytes) -> tuple[str, str]:
 def decode_execute(raw: bytes) -> tuple[str, int]:
     """Execute ('E'): (portal, max_rows); max_rows 0 means no limit."""
     n = _frame(raw, c.EXECUTE, "Execute")
-    portal, pos = _cstring(raw, 5, "Execute")
-    if n - pos != 4:
-        raise _bad("Execute")
-    return portal, _unpack_i32(raw, pos)[0]
+    if n < 10 or raw.find(b"\x00", 5) != n - 5:
+        raise _bad("Execute")  # the portal name's NUL must come just before max_rows
+    return _utf8(raw[5:n - 5]), _unpack_i32(raw, n - 4)[0]
+
+
+def check_empty(raw: bytes, kind: int, what: str) -> None:
+    """A message that is only a header (Flush, Sync): anything after it is 08P01."""
+    if _frame(raw, kind, what) != 5:
+        raise _bad(what)
 
 
 def decode_password(raw: bytes) -> bytes:

@@ -18,6 +18,7 @@ from proxy.protocol.decoders import (  # noqa: F401  (re-exported)
     Bind,
     Parse,
     bind_names_end,
+    check_empty,
     decode_authentication,
     decode_backend_key_data,
     decode_bind,
@@ -203,9 +204,11 @@ def bind(portal: str, statement: str, params: list[bytes | None] = []) -> bytes:
 
 def rename_bind(raw: bytes, portal: str, statement: str) -> bytes:
     """A client's Bind with new portal/statement names, parameters kept as they are
-    (for named statements re-prepared under another name on a server connection)."""
-    rest = memoryview(raw)[bind_names_end(raw):]
-    return _msg(c.BIND, _cstr(portal) + _cstr(statement) + rest.tobytes())
+    (for named statements re-prepared under another name on a server connection).
+    `raw` must be a Bind that `decode_bind` accepted."""
+    names = _cstr(portal) + _cstr(statement)
+    rest = memoryview(raw)[bind_names_end(raw):]  # joined below: the values are copied once
+    return b"".join((_HEADER.pack(c.BIND, 4 + len(names) + len(rest)), names, rest))
 
 
 def _kind_name(kind: str, name: str) -> bytes:

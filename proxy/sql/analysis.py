@@ -20,7 +20,7 @@ from proxy.sql import nodes, policy, rewrite, rewrite_check, settings, template
 from proxy.sql.deparse import deparse
 from proxy.sql.nodes import Statement
 from proxy.sql.reach import Context
-from proxy.sql.scope import Scope, SettingChange
+from proxy.sql.scope import Scope, SettingChange, TransactionControl
 
 STRATEGIES = ("database", "schema", "row", "bypass")
 _SEPARATOR = "\n;\n"  # the newline ends a trailing `--` comment of the statement before
@@ -35,7 +35,9 @@ class Decision:
     error: ProxyError | None = None  # when action == "deny"
     # Session-level SET/RESET of settings, in order, that the session must track and
     # re-apply on later server connections; name "*" = every tracked setting reset.
-    settings: tuple[SettingChange, ...] = ()
+    # Transaction control statements are in the same order (TransactionControl): they
+    # decide whether the changes last.
+    settings: tuple[SettingChange | TransactionControl, ...] = ()
     session_state: bool = False  # leaves state transaction pooling cannot carry
     statements: int = 1
     rule: str = ""  # the rule that decided: the refusal's rule, or allow/bypass/reset-all

@@ -115,22 +115,29 @@ ADVISORY_SESSION = frozenset({"pg_advisory_lock", "pg_advisory_lock_shared",
 ADVISORY_UNLOCK = frozenset({"pg_advisory_unlock", "pg_advisory_unlock_shared",
                              "pg_advisory_unlock_all"})
 
-# reg* types: what a failed lookup is called and its SQLSTATE, as PostgreSQL says it.
-# `open` types may be cast from a column or parameter: their catalog (pg_class,
-# pg_type, pg_namespace, pg_collation) is readable anyway, so the lookup reveals
-# nothing new; asyncpg (`basetype::regtype`) and psycopg (`to_regtype($1)`) need it.
+# reg* types: what the looked-up object is called, and whether it may be cast from a
+# column or parameter (`open`): their catalog (pg_class, pg_type, pg_namespace,
+# pg_collation) is readable anyway, so the lookup reveals nothing new; asyncpg
+# (`basetype::regtype`) and psycopg (`to_regtype($1)`) need it.
 REG_TYPES = {
-    "regclass": ("relation", "42P01", True),
-    "regtype": ("type", "42704", True),
-    "regnamespace": ("schema", "3F000", True),
-    "regcollation": ("collation", "42704", True),
-    "regproc": ("function", "42883", False),
-    "regprocedure": ("function", "42883", False),
-    "regoper": ("operator", "42883", False),
-    "regoperator": ("operator", "42883", False),
-    "regconfig": ("text search configuration", "42704", False),
-    "regdictionary": ("text search dictionary", "42704", False),
-    "regrole": ("role", "42704", False),
+    "regclass": ("relation", True),
+    "regtype": ("type", True),
+    "regnamespace": ("schema", True),
+    "regcollation": ("collation", True),
+    "regproc": ("function", False),
+    "regprocedure": ("function", False),
+    "regoper": ("operator", False),
+    "regoperator": ("operator", False),
+    "regconfig": ("text search configuration", False),
+    "regdictionary": ("text search dictionary", False),
+    "regrole": ("role", False),
+}
+
+# Built-in text search functions whose first argument is a regconfig when they get this
+# many arguments: a string there is an object name the server looks up.
+TEXT_SEARCH_CONFIG_ARITY = {
+    "to_tsvector": 2, "to_tsquery": 2, "plainto_tsquery": 2, "phraseto_tsquery": 2,
+    "websearch_to_tsquery": 2, "ts_headline": 4,
 }
 
 # TABLESAMPLE methods built into PostgreSQL (others come from extensions).

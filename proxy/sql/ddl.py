@@ -60,8 +60,7 @@ def _qualified(ctx: Context, names: list[str], type_like: bool) -> None:
     if type_like and schema is None:
         return  # unqualified types are created in the tenant's first schema
     reach.check_relation(ctx, schema, names[-1], write=True,
-                         noun="type" if type_like else "relation",
-                         sqlstate="42704" if type_like else "42P01")
+                         noun="type" if type_like else "relation")
 
 
 def _object_names(node: Any) -> tuple[list[str], bool]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from proxy.errors import NotSupported, PolicyDenied
-from proxy.sql import catalog, reach
+from proxy.sql import catalog, reach, rewrite
 from proxy.sql.nodes import NotAName, const_value, strings, unwrap
 from proxy.sql.reach import Context
 
@@ -75,7 +75,7 @@ def reg_type_of(type_fields: dict[str, Any]) -> str | None:
 def check_lookup(ctx: Context, regtype: str, arg: Any) -> bool:
     """A reg* cast or to_reg*() argument; True when it was a literal (fully checked)."""
     ctx.literal = True  # the outcome depends on what the argument is
-    noun, sqlstate, open_ = catalog.REG_TYPES[regtype]
+    open_ = catalog.REG_TYPES[regtype][1]
     if regtype == "regrole":
         raise PolicyDenied("role lookups are not allowed (roles are cluster-wide)",
                            rule="reg-cast")
@@ -83,7 +83,7 @@ def check_lookup(ctx: Context, regtype: str, arg: Any) -> bool:
     if item and item[0] == "A_Const":
         value = const_value(item[1])
         if isinstance(value, str):
-            _check_lookup_literal(ctx, regtype, noun, sqlstate, value)
+            _check_lookup_literal(ctx, regtype, value)
         return True
     if open_ and item and item[0] in ("ColumnRef", "ParamRef"):
         return False
@@ -91,8 +91,7 @@ def check_lookup(ctx: Context, regtype: str, arg: Any) -> bool:
                        rule="reg-cast")
 
 
-def _check_lookup_literal(ctx: Context, regtype: str, noun: str, sqlstate: str,
-                          text: str) -> None:
+def _check_lookup_literal(ctx: Context, regtype: str, text: str) -> None:
     names = reach.split_object_name(text) if regtype != "regclass" \
         else reach.split_identifiers(text)
     if not names or len(names) > 2 + (regtype == "regclass"):
@@ -105,11 +104,68 @@ def _check_lookup_literal(ctx: Context, regtype: str, noun: str, sqlstate: str,
         catalogname = names[-3] if len(names) == 3 else None
         schema = names[-2] if len(names) > 1 else None
         reach.check_relation(ctx, schema, names[-1], catalogname=catalogname)
+        if rewrite.active(ctx):
+            # Row tenants reach the tenant and shared tables only: any other name
+            # answers like `SELECT * FROM name` (42P01, exists or not; THREATS 18).
+            rewrite.resolve(ctx, {"schemaname": schema, "relname": names[-1]},
+                            rewrite.NO_CTES)
     elif len(names) == 2:
-        reach.check_named_object(ctx, noun, sqlstate, names[0], names[1])
+        reach.check_named_object(ctx, catalog.REG_TYPES[regtype][0], names[0], names[1])
+
+
+def _text_search(ctx: Context, name: str, args: list[Any]) -> bool:
+    """to_tsvector('cfg', …) and friends: a string literal (or parameter) in the
+    configuration's place is a regconfig name the server looks up, so it must be in
+    reach like a ::regconfig cast. `ts_headline` with three arguments is either
+    (config, document, query) or (document, query, options): there only a literal that
+    reads as a qualified name is checked."""
+    certain = len(args) == catalog.TEXT_SEARCH_CONFIG_ARITY[name]
+    if certain or (name == "ts_headline" and len(args) == 3):
+        ctx.literal = True  # the outcome depends on what the argument is
+        _config_argument(ctx, args[0], certain)
+    return False  # the arguments are still walked
+
+
+def _config_argument(ctx: Context, node: Any, certain: bool) -> None:
+    item = unwrap(_untyped(node))
+    if item and item[0] == "A_Const" and isinstance(const_value(item[1]), str):
+        text = const_value(item[1])
+        if certain:
+            _check_lookup_literal(ctx, "regconfig", text)
+            return
+        names = reach.split_object_name(text)
+        if names and len(names) == 2:
+            reach.check_named_object(ctx, "text search configuration", names[0], names[1])
+    elif item and item[0] == "ParamRef" and certain:
+        raise PolicyDenied("a text search configuration named by a parameter is not "
+                           "allowed", rule="reg-cast")
+    # A column holds a regconfig (an oid; text does not cast to regconfig implicitly),
+    # and any other expression yields text or an explicit ::regconfig cast (checked).
+
+
+def _untyped(node: Any) -> Any:
+    """The node under COLLATE and ::unknown, which leave a literal's type unknown, so
+    the server still reads it as the argument's type (here: a regconfig name)."""
+    item = unwrap(node)
+    while item and (item[0] == "CollateClause" or _is_cast_to_unknown(item)):
+        node = item[1].get("arg")
+        item = unwrap(node)
+    return node
+
+
+def _is_cast_to_unknown(item: tuple[str, dict[str, Any]]) -> bool:
+    return item[0] == "TypeCast" and \
+        _type_final_name(item[1].get("typeName", {})) == "unknown"
 
 
 def _sequence(ctx: Context, name: str, args: list[Any]) -> bool:
+    if ctx.scope.strategy == "row":
+        # THREATS 27: a sequence is shared by every row tenant (nextval/currval show how
+        # many rows the others inserted, setval disturbs them); only column defaults
+        # may use it, on the server.
+        raise PolicyDenied(f"{name}() is not allowed for row tenants: sequences are shared "
+                           f"by every tenant; let the column default use them",
+                           rule="sequence-function")
     ctx.literal = True
     text = literal_string(args[0]) if args else None
     names = reach.split_identifiers(text) if text is not None else None
@@ -168,6 +224,7 @@ _Special = Callable[[Context, str, list[Any]], bool]
 _SPECIAL: dict[str, _Special] = {
     **{name: _sequence for name in catalog.SEQUENCE_FUNCTIONS},
     **{name: _lookup for name in catalog.LOOKUP_FUNCTIONS},
+    **{name: _text_search for name in catalog.TEXT_SEARCH_CONFIG_ARITY},
     **{name: _advisory for name in catalog.ADVISORY_XACT | catalog.ADVISORY_SESSION
        | catalog.ADVISORY_UNLOCK},
     "lastval": _lastval,

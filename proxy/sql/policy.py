@@ -15,10 +15,15 @@ from proxy.errors import NotSupported, PolicyDenied
 from proxy.sql import ddl, rewrite, settings, walker
 from proxy.sql.nodes import NotAName, Statement, strings, unwrap
 from proxy.sql.reach import Context
+from proxy.sql.scope import DEALLOCATE_ALL, TransactionControl
 
 _CURSOR_OPT_HOLD = 0x0020  # parsenodes.h: DECLARE … WITH HOLD
 _TWO_PHASE = {"TRANS_STMT_PREPARE", "TRANS_STMT_COMMIT_PREPARED",
               "TRANS_STMT_ROLLBACK_PREPARED"}
+_TRANSACTION_KINDS = {"TRANS_STMT_BEGIN": "begin", "TRANS_STMT_START": "begin",
+                      "TRANS_STMT_COMMIT": "commit", "TRANS_STMT_ROLLBACK": "rollback",
+                      "TRANS_STMT_SAVEPOINT": "savepoint", "TRANS_STMT_RELEASE": "release",
+                      "TRANS_STMT_ROLLBACK_TO": "rollback_to"}
 _Check = Callable[[Context, dict[str, Any]], "list[tuple[str, str]] | None"]
 
 
@@ -97,8 +102,13 @@ def set_config_call(fields: dict[str, Any]) -> list[Any] | None:
 
 
 def _transaction(ctx: Context, fields: dict[str, Any]) -> None:
-    if fields.get("kind") in _TWO_PHASE:
+    kind = fields.get("kind")
+    if kind in _TWO_PHASE:
         raise PolicyDenied("two-phase commit statements are not allowed", rule="two-phase")
+    # Recorded with the setting changes: the session keeps a SET only if its
+    # transaction commits (and no savepoint before it is rolled back to).
+    ctx.settings.append(TransactionControl(_TRANSACTION_KINDS[kind], fields.get("savepoint_name"),
+                                           bool(fields.get("chain"))))
 
 
 def _show(ctx: Context, fields: dict[str, Any]) -> None:
@@ -154,7 +164,14 @@ def _execute(ctx: Context, fields: dict[str, Any]) -> None:
 
 
 def _deallocate(ctx: Context, fields: dict[str, Any]) -> None:
-    _needs_session(ctx, "SQL DEALLOCATE", "use protocol-level prepared statements")
+    if fields.get("isall") and ctx.scope.pool_mode != "session":
+        # psycopg sends it after a rollback when it has prepared statements: the server
+        # drops its statements, the session forgets them when it completes.
+        ctx.settings.append(DEALLOCATE_ALL)
+        return
+    _needs_session(ctx, "SQL DEALLOCATE of one statement",
+                   "close it with a protocol-level Close (libpq 17's PQclosePrepared), or "
+                   "use DEALLOCATE ALL")
 
 
 def _declare(ctx: Context, fields: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from proxy.errors import NotSupported, PolicyDenied, RelationHidden
 from proxy.sql.catalog import CATALOG_ALLOWLIST
-from proxy.sql.scope import Scope, SettingChange
+from proxy.sql.scope import Scope, SettingChange, TransactionControl
 
 MAX_IDENTIFIER_BYTES = 63
 
@@ -24,7 +24,7 @@ class Context:
     scope: Scope
     literal: bool = False  # the decision depends on a literal: cache by exact text only
     session_state: bool = False
-    settings: list[SettingChange] = field(default_factory=list)
+    settings: list[SettingChange | TransactionControl] = field(default_factory=list)
 
     @property
     def shared_database(self) -> bool:
@@ -37,8 +37,7 @@ def is_system_schema(schema: str) -> bool:
 
 
 def check_relation(ctx: Context, schema: str | None, name: str, *, write: bool = False,
-                   catalogname: str | None = None, noun: str = "relation",
-                   sqlstate: str = "42P01") -> None:
+                   catalogname: str | None = None, noun: str = "relation") -> None:
     """Refuse a relation outside the tenant's reach (42P01) or a forbidden catalog."""
     if catalogname:
         raise NotSupported(f"cross-database references are not implemented: "
@@ -48,6 +47,8 @@ def check_relation(ctx: Context, schema: str | None, name: str, *, write: bool =
         # relation is called pg_*: treat such a name as a catalog (CTEs included).
         if name.startswith("pg_"):
             _check_catalog("pg_catalog", name, write)
+        elif ctx.scope.strategy == "schema":
+            _check_unqualified_shared(ctx, name)
         return
     if is_system_schema(schema):
         _check_catalog(schema, name, write)
@@ -58,9 +59,15 @@ def check_relation(ctx: Context, schema: str | None, name: str, *, write: bool =
         if write:
             raise PolicyDenied(f"{schema}.{name} is in a shared schema and read-only",
                                rule="shared-read-only")
+        _check_shared_read(ctx, schema, name)
         return
-    raise RelationHidden(f'{noun} "{schema}.{name}" does not exist', rule="relation-reach",
-                         sqlstate=sqlstate)
+    raise _hidden(noun, f"{schema}.{name}")
+
+
+def _hidden(noun: str, shown: str) -> RelationHidden:
+    # DESIGN 4: every object of another schema answers 42P01, the same text whether it
+    # exists or not; only the noun says what kind of name it was.
+    return RelationHidden(f'{noun} "{shown}" does not exist', rule="relation-reach")
 
 
 def _check_catalog(schema: str, name: str, write: bool) -> None:
@@ -72,8 +79,31 @@ def _check_catalog(schema: str, name: str, write: bool) -> None:
     raise PolicyDenied(f"{verb} {schema}.{name} is not allowed", rule="catalog")
 
 
-def check_named_object(ctx: Context, noun: str, sqlstate: str, schema: str | None,
-                       name: str) -> None:
+def _check_shared_read(ctx: Context, schema: str, name: str) -> None:
+    """A view in a shared schema may read another tenant's schema (THREATS 31)."""
+    catalog = ctx.scope.shared_catalog
+    noun = catalog.opaque(schema, name) if catalog is not None else None
+    if noun is not None:
+        raise _opaque(noun, schema, name)
+
+
+def _check_unqualified_shared(ctx: Context, name: str) -> None:
+    """An unqualified name reaches the shared schemas when the tenant's own schema has
+    no such relation. The proxy does not list the tenant's own relations, so a name
+    that resolves to a view in the shared schemas is refused even when the tenant has
+    a relation of that name (fail closed; qualify it with the own schema)."""
+    catalog = ctx.scope.shared_catalog
+    schema = catalog.resolve(ctx.scope.shared_schemas, name) if catalog is not None else None
+    if schema is not None:
+        _check_shared_read(ctx, schema, name)
+
+
+def _opaque(noun: str, schema: str, name: str) -> PolicyDenied:
+    return PolicyDenied(f"reading {schema}.{name} is not allowed: it is a {noun}, whose "
+                        f"rows may come from other tenants' schemas", rule="shared-view")
+
+
+def check_named_object(ctx: Context, noun: str, schema: str | None, name: str) -> None:
     """A type, function, operator, collation … named with a schema: in reach?"""
     if schema is None or schema in ("pg_catalog", "information_schema"):
         return
@@ -82,8 +112,7 @@ def check_named_object(ctx: Context, noun: str, sqlstate: str, schema: str | Non
     if ctx.scope.strategy != "schema" or schema in ctx.scope.schemas \
             or schema in ctx.scope.shared_schemas:
         return
-    raise RelationHidden(f'{noun} "{schema}.{name}" does not exist', rule="relation-reach",
-                         sqlstate=sqlstate)
+    raise _hidden(noun, f"{schema}.{name}")
 
 
 def check_schema_name(ctx: Context, schema: str) -> None:
@@ -95,8 +124,7 @@ def check_schema_name(ctx: Context, schema: str) -> None:
     if ctx.scope.strategy != "schema" or schema in ctx.scope.schemas \
             or schema in ctx.scope.shared_schemas:
         return
-    raise RelationHidden(f'schema "{schema}" does not exist', rule="relation-reach",
-                         sqlstate="3F000")
+    raise _hidden("schema", schema)
 
 
 def user_function_schema_allowed(scope: Scope, schema: str) -> bool:

@@ -327,6 +327,9 @@ def expr(ctx: RowContext, node: Any, ctes: Ctes) -> None:
 
 
 def visit(ctx: RowContext, kind: str, fields: dict[str, Any], ctes: Ctes) -> None:
+    if kind == "ColumnRef":
+        unqualify(ctx, fields)
+        return
     if kind in _LEAVES or kind in _NO_REACH:
         return
     if kind == "SelectStmt":
@@ -336,6 +339,23 @@ def visit(ctx: RowContext, kind: str, fields: dict[str, Any], ctes: Ctes) -> Non
                            rule="row-strategy")
     else:
         children(ctx, kind, fields, ctes)
+
+
+def unqualify(ctx: RowContext, fields: dict[str, Any]) -> None:
+    """`schema.table.column` (or `schema.table.*`) where schema.table is a tenant table:
+    the derived table that replaced the table is called `table`, and a schema-qualified
+    name cannot refer to a derived table, so the reference drops the schema. (A column
+    reference reads nothing by itself: this changes what resolves, never what is read.)"""
+    names = fields.get("fields") or []
+    if len(names) != 3:
+        return
+    parts = [unwrap(n) for n in names[:2]]
+    if any(p is None or p[0] != "String" for p in parts):
+        return
+    found = ctx.catalog.resolve(parts[0][1].get("sval", ""), parts[1][1].get("sval", ""))
+    if found is not None and found.table is not None:
+        fields["fields"] = names[1:]
+        ctx.changed = True
 
 
 def children(ctx: RowContext, kind: str, fields: dict[str, Any], ctes: Ctes) -> None:

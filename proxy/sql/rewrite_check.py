@@ -9,7 +9,10 @@ the rewriter built — that tenant rows are confined:
 * every UPDATE/DELETE/MERGE target carries `<target>.<col> = '<key>'` as a top-level
   conjunct of its WHERE / ON (and of every WHEN NOT MATCHED BY SOURCE condition), and
   no assignment writes the tenant column;
-* every INSERT (and MERGE INSERT) names the tenant column with the key as a literal.
+* every INSERT (and MERGE INSERT) names the tenant column with the key as a literal,
+  a parameter inside the exact guard the rewriter writes, or (INSERT … SELECT) the
+  tenant column of the SELECT's only FROM item, a canonical derived table; an
+  assignment of the tenant column (a no-op) holds the same.
 
 Any doubt raises 0A000 rule "rewrite-check"; the statement is then never forwarded.
 """
@@ -137,6 +140,14 @@ def _confined(ctx: RowContext, fields: dict[str, Any]) -> bool:
     return _is_predicate(ctx, query.get("whereClause"), item[1]["relname"])
 
 
+def is_confined(ctx: RowContext, fields: dict[str, Any]) -> bool:
+    """`_confined` for the rewriter's INSERT … SELECT proof: False instead of raising."""
+    try:
+        return _confined(ctx, fields)
+    except (CheckFailed, ProxyError, LookupError, TypeError, ValueError):
+        return False
+
+
 def _is_plain_star(node: Any) -> bool:
     item = unwrap(node)
     if item is None or item[0] != "ResTarget" or set(item[1]) - {"val", "location"}:
@@ -185,7 +196,7 @@ def _dml(ctx: RowContext, kind: str, fields: dict[str, Any], ctes: Ctes, top: bo
         for item in fields.get(key) or ():
             _from_item(ctx, item, ctes)
     if kind in ("UpdateStmt", "DeleteStmt"):
-        rewrite_dml.deny_assignment(ctx, fields.get("targetList"))
+        rewrite_dml.check_assignments(ctx, fields.get("targetList"))
         if not _has_conjunct(ctx, fields.get("whereClause"), ref):
             raise CheckFailed("target predicate")
     elif kind == "InsertStmt":
@@ -206,7 +217,7 @@ def _insert(ctx: RowContext, fields: dict[str, Any], ctes: Ctes, ref: str) -> No
     _select(ctx, query[1], ctes)
     clause = fields.get("onConflictClause") or {}
     if clause.get("action") == "ONCONFLICT_UPDATE":
-        rewrite_dml.deny_assignment(ctx, clause.get("targetList"))
+        rewrite_dml.check_assignments(ctx, clause.get("targetList"))
         if not _has_conjunct(ctx, clause.get("whereClause"), ref):
             raise CheckFailed("on conflict predicate")
 
@@ -221,13 +232,13 @@ def _merge(ctx: RowContext, fields: dict[str, Any], ctes: Ctes, ref: str, table:
                 and not _has_conjunct(ctx, clause.get("condition"), ref):
             raise CheckFailed("merge by-source predicate")
         if clause.get("commandType") == "CMD_UPDATE":
-            rewrite_dml.deny_assignment(ctx, clause.get("targetList"))
+            rewrite_dml.check_assignments(ctx, clause.get("targetList"))
         elif clause.get("commandType") == "CMD_INSERT":
             names = rewrite_dml.column_names(ctx, clause.get("targetList"))
             values = clause.get("values") or []
             if ctx.column not in names or len(values) != len(names):
                 raise CheckFailed("merge insert without the tenant column")
-            rewrite_dml.check_key_literal(ctx, values[names.index(ctx.column)])
+            rewrite_dml.tenant_value(ctx, values[names.index(ctx.column)])
 
 
 def _copy(ctx: RowContext, fields: dict[str, Any]) -> None:

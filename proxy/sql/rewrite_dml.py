@@ -3,25 +3,36 @@
 * UPDATE/DELETE: `AND <target>.<col> = '<key>'` on the target; FROM/USING items and
   every subquery are rewritten like any query (THREATS 35, 36).
 * INSERT: the tenant column is added with the key when absent; when the client names
-  it, the value must be a literal equal to the key (THREATS 34). Positional inserts get
-  their column list from the catalog. ON CONFLICT DO UPDATE only updates the tenant's
-  own conflicting row (THREATS 37).
+  it, the value must be (THREATS 34): a literal equal to the key; `DEFAULT` (it becomes
+  the key, as an omitted column would); a bound parameter, which is wrapped in a guard
+  the server evaluates (`guarded`: the parameter if it equals the key, else an error);
+  or, in `INSERT … SELECT`, the tenant column of the one confined tenant table the
+  SELECT reads. Positional inserts get their column list from the catalog. ON CONFLICT
+  DO UPDATE only updates the tenant's own conflicting row (THREATS 37).
 * MERGE: the tenant predicate joins the ON condition and every WHEN NOT MATCHED BY
   SOURCE condition (those rows are the target's unmatched rows); INSERT actions are
   forced like INSERT (THREATS 38).
 * COPY t TO STDOUT becomes COPY (SELECT … FROM <derived table>) TO STDOUT (THREATS 39).
-* Assigning the tenant column (SET, ON CONFLICT, MERGE UPDATE) is refused (42501); a
-  shared table is never a target (42501); a data-modifying CTE is rewritten like a
-  top-level statement (THREATS 33).
+* Assigning the tenant column (SET, ON CONFLICT, MERGE UPDATE) anything but the key
+  (as a literal, `DEFAULT` or a guarded parameter: a no-op on the tenant's own rows,
+  what an ORM saving every column sends) is refused (42501); a shared table is never a
+  target (42501); a data-modifying CTE is rewritten like a top-level statement
+  (THREATS 33).
+
+The re-check (rewrite_check) calls the same functions on the re-parsed text with
+`ctx.verify` set: there `DEFAULT` and a bare parameter are refused, and only the exact
+guard this module writes is accepted.
 """
 
 from __future__ import annotations
 
+from copy import deepcopy
+from functools import lru_cache
 from typing import Any
 
 from proxy.errors import NotSupported, PolicyDenied
-from proxy.sql import rewrite
-from proxy.sql.nodes import const_value, unwrap
+from proxy.sql import nodes, rewrite
+from proxy.sql.nodes import NotAName, const_value, strings, strip_locations, unwrap
 from proxy.sql.rewrite import Ctes, RowContext
 from proxy.sql.rowmodel import RowTable
 
@@ -38,7 +49,7 @@ def statement(ctx: RowContext, kind: str, fields: dict[str, Any], ctes: Ctes,
 def _update(ctx: RowContext, fields: dict[str, Any], ctes: Ctes) -> None:
     rv = fields["relation"]
     rewrite.write_target(ctx, rv)
-    deny_assignment(ctx, fields.get("targetList"))
+    check_assignments(ctx, fields.get("targetList"))
     _from_items(ctx, fields, "fromClause", ctes)
     _restrict_target(ctx, fields, ctes, rv)
 
@@ -73,15 +84,21 @@ def returning(ctx: RowContext, fields: dict[str, Any], ctes: Ctes) -> None:
         rewrite.visit(ctx, "ReturningClause", fields["returningClause"], ctes)
 
 
-def deny_assignment(ctx: RowContext, targets: list[Any] | None) -> None:
-    """Refuse `SET <tenant column> = …` in any form (also `SET (a, tenant_id) = …`)."""
+def check_assignments(ctx: RowContext, targets: list[Any] | None) -> None:
+    """`SET <tenant column> = …` only to the tenant's own key (a no-op: every row an
+    UPDATE, ON CONFLICT or MERGE reaches is the tenant's), never in `SET (a, tenant_id)
+    = …` or to a subscript/field of it."""
     for node in targets or ():
         item = unwrap(node)
         if item is None or item[0] != "ResTarget":
             raise NotSupported("an assignment of this form is not supported",
                                rule="node-allowlist")
-        if item[1].get("name") == ctx.column:
+        if item[1].get("name") != ctx.column:
+            continue
+        value = unwrap(item[1].get("val"))
+        if item[1].get("indirection") or value is None or value[0] == "MultiAssignRef":
             raise _tenant_column()
+        item[1]["val"] = tenant_value(ctx, item[1]["val"])
 
 
 def _tenant_column() -> PolicyDenied:
@@ -103,7 +120,7 @@ def _insert(ctx: RowContext, fields: dict[str, Any], ctes: Ctes) -> None:
     else:
         if query[0] != "SelectStmt":
             raise NotSupported("INSERT of this form is not supported", rule="node-allowlist")
-        rewrite.select(ctx, query[1], ctes)
+        rewrite.select(ctx, query[1], ctes)  # reads become confined derived tables first
         if not names:
             names = _positional(table, _arity(query[1]))
             fields["cols"] = [_res_target(n) for n in names]
@@ -194,14 +211,17 @@ def _force_query(ctx: RowContext, fields: dict[str, Any], names: list[str],
 
 
 def check_source(ctx: RowContext, query: dict[str, Any], index: int, count: int) -> None:
-    """The value the client gives the tenant column must be the key, as a literal."""
+    """The value the client gives the tenant column must be the key (see tenant_value),
+    or copied from the tenant column of the confined tenant table the SELECT reads."""
     if query.get("op", "SETOP_NONE") != "SETOP_NONE":
         check_source(ctx, query.get("larg") or {}, index, count)
         check_source(ctx, query.get("rarg") or {}, index, count)
         return
     if query.get("valuesLists"):
         for row in _rows(query):
-            check_key_literal(ctx, row[index] if index < len(row) else None)
+            if index >= len(row):
+                raise _tenant_column()
+            row[index] = tenant_value(ctx, row[index])
         return
     targets = query.get("targetList") or []
     if any(_is_star(t) for t in targets):
@@ -210,7 +230,34 @@ def check_source(ctx: RowContext, query: dict[str, Any], index: int, count: int)
             raise _tenant_column()
         index = len(targets) - 1
     item = unwrap(targets[index]) if index < len(targets) else None
-    check_key_literal(ctx, item[1].get("val") if item and item[0] == "ResTarget" else None)
+    if item is None or item[0] != "ResTarget":
+        raise _tenant_column()
+    if _copied_from_own_rows(ctx, query, item[1].get("val")):
+        return
+    item[1]["val"] = tenant_value(ctx, item[1].get("val"), default=False)
+
+
+def tenant_value(ctx: RowContext, node: Any, *, default: bool = True) -> Any:
+    """What to send for a value the client gives the tenant column; refuses (42501)
+    anything that is not the key for certain:
+
+    * a literal equal to the key: sent as it is;
+    * `DEFAULT` (where the grammar allows it): the key, as if the column were omitted —
+      while rewriting only; in the re-check it is refused like anything unproven;
+    * a bound parameter (`$1`, `$1::text`): its value is not known here, so the server
+      checks it — `guarded` — and the re-check accepts exactly that guard.
+    """
+    item = unwrap(node)
+    if item is not None and item[0] == "SetToDefault" and default and not ctx.verify:
+        return rewrite.string_const(ctx.key)
+    if _is_parameter(node):
+        if ctx.verify:
+            raise _tenant_column()
+        return guarded(ctx, node)
+    if ctx.verify and is_guard(ctx, node):
+        return node
+    check_key_literal(ctx, node)
+    return node
 
 
 def check_key_literal(ctx: RowContext, node: Any) -> None:
@@ -226,12 +273,87 @@ def check_key_literal(ctx: RowContext, node: Any) -> None:
     ctx.key_literals.add(item[1].get("location", -1))
 
 
+# The server-side check of a bound parameter. `concat` is STABLE, so the planner never
+# folds the cast at plan time (with a custom plan the parameter is a constant: the first
+# WHEN is decided before the second arm is looked at); when evaluated, the cast always
+# fails, for every role, with no side effect. The arms keep the parameter's own type.
+GUARD_MESSAGE = "tenantgate: the tenant column can only hold the tenant's own key"
+_GUARD_SQL = ("SELECT CASE WHEN $1 = 'key' THEN $1 WHEN pg_catalog.concat('"
+              + GUARD_MESSAGE.replace("'", "''") + "')::pg_catalog.int4 = 0 THEN NULL END")
+
+
+@lru_cache(maxsize=1)
+def _guard_tree() -> dict[str, Any]:
+    target = nodes.parse(_GUARD_SQL)[0].fields["targetList"][0]
+    return strip_locations(target["ResTarget"]["val"])
+
+
+def guarded(ctx: RowContext, value: Any) -> dict[str, Any]:
+    """`CASE WHEN <value> = '<key>' THEN <value> WHEN <error> THEN NULL END`"""
+    tree = deepcopy(_guard_tree())
+    first = tree["CaseExpr"]["args"][0]["CaseWhen"]
+    first["expr"]["A_Expr"]["lexpr"] = strip_locations(value)
+    first["expr"]["A_Expr"]["rexpr"] = rewrite.string_const(ctx.key)
+    first["result"] = strip_locations(value)
+    return tree
+
+
+def is_guard(ctx: RowContext, node: Any) -> bool:
+    """Exactly the guard `guarded` writes, around a parameter (re-check)."""
+    item = unwrap(node)
+    if item is None or item[0] != "CaseExpr":
+        return False
+    try:
+        value = item[1]["args"][0]["CaseWhen"]["result"]
+    except (KeyError, IndexError, TypeError):
+        return False
+    return _is_parameter(value) and strip_locations(node) == guarded(ctx, value)
+
+
+def _is_parameter(node: Any) -> bool:
+    """`$n`, or `$n::type` (drivers cast their parameters)."""
+    item = unwrap(node)
+    if item is not None and item[0] == "TypeCast":
+        item = unwrap(item[1].get("arg"))
+    return item is not None and item[0] == "ParamRef"
+
+
+def _copied_from_own_rows(ctx: RowContext, query: dict[str, Any], node: Any) -> bool:
+    """`INSERT … SELECT tenant_id … FROM <tenant table> [AS a]`: the value is the tenant
+    column of the SELECT's only FROM item, which is (already, or in the re-check still)
+    the confined derived table of a tenant table — so the key, never NULL. Grouping sets
+    could turn it into NULL, renamed columns (`AS a(x, tenant_id)`) into another column."""
+    item = unwrap(node)
+    items = query.get("fromClause") or []
+    if item is None or item[0] != "ColumnRef" or len(items) != 1:
+        return False
+    source = unwrap(items[0])
+    if source is None or source[0] != "RangeSubselect" or source[1].get("lateral"):
+        return False
+    alias = source[1].get("alias") or {}
+    if alias.get("colnames") or not alias.get("aliasname") or _grouping_sets(query):
+        return False
+    try:
+        names = strings(item[1].get("fields"))
+    except NotAName:
+        return False
+    if names not in ([ctx.column], [alias["aliasname"], ctx.column]):
+        return False
+    from proxy.sql import rewrite_check  # it builds on this module
+
+    return rewrite_check.is_confined(ctx, source[1])
+
+
+def _grouping_sets(query: dict[str, Any]) -> bool:
+    return any((unwrap(g) or ("",))[0] == "GroupingSet" for g in query.get("groupClause") or ())
+
+
 def _on_conflict(ctx: RowContext, clause: dict[str, Any] | None, ctes: Ctes,
                  rv: dict[str, Any]) -> None:
     if not clause:
         return
     if clause.get("action") == "ONCONFLICT_UPDATE":
-        deny_assignment(ctx, clause.get("targetList"))
+        check_assignments(ctx, clause.get("targetList"))
         rewrite.expr(ctx, clause.get("targetList"), ctes)
         rewrite.expr(ctx, clause.get("whereClause"), ctes)
         clause["whereClause"] = rewrite.conjoin(clause.get("whereClause"),
@@ -269,7 +391,7 @@ def _merge_action(ctx: RowContext, clause: dict[str, Any], ctes: Ctes, table: Ro
                                               rewrite.tenant_predicate(ctx, target))
     command = clause.get("commandType")
     if command == "CMD_UPDATE":
-        deny_assignment(ctx, clause.get("targetList"))
+        check_assignments(ctx, clause.get("targetList"))
     elif command == "CMD_INSERT":
         _merge_insert(ctx, clause, table)
 
@@ -285,7 +407,8 @@ def _merge_insert(ctx: RowContext, clause: dict[str, Any], table: RowTable) -> N
         names = _positional(table, len(values))
         clause["targetList"] = [_res_target(n) for n in names]
     if ctx.column in names:
-        check_key_literal(ctx, values[names.index(ctx.column)])
+        index = names.index(ctx.column)
+        values[index] = tenant_value(ctx, values[index])
         return
     clause["targetList"].append(_res_target(ctx.column))
     values.append(key)

@@ -16,6 +16,11 @@ class Scope:
     pool_mode: str = "transaction"  # transaction | session
     schemas: tuple[str, ...] = ()  # schema strategy: the tenant's own schemas (catalog form)
     shared_schemas: tuple[str, ...] = ()  # readable by every tenant, never writable by one
+    # Schema strategy: the relations of the shared schemas, from the catalog (a
+    # proxy.sql.sharedmodel.SharedCatalog; views there are refused). None: not loaded,
+    # so views cannot be told from tables and only the server-side backstop
+    # (restrict_nonsystem_relation_kind) stops them.
+    shared_catalog: object | None = None
     # Settings the proxy pins on the server connection, as (name, value) in catalog form,
     # e.g. (("search_path", "globex, common"), ("role", "globex")). The analysis re-applies
     # them after statements that would reset them (RESET ALL).
@@ -35,3 +40,22 @@ class SettingChange:
     name: str  # lower case, as PostgreSQL folds it
     value: str | None  # None: RESET (back to the connection's default)
     local: bool = False  # SET LOCAL: lasts until the end of the transaction only
+
+
+@dataclass(frozen=True)
+class TransactionControl:
+    """BEGIN, COMMIT, ROLLBACK, SAVEPOINT, RELEASE or ROLLBACK TO, in statement order with
+    the SettingChanges: they decide whether the SETs around them last (PostgreSQL undoes
+    a SET with the transaction or savepoint that rolls back)."""
+
+    # begin | commit | rollback | savepoint | release | rollback_to, or deallocate_all
+    # (DEALLOCATE ALL: not transactional, but its completion changes what the session
+    # knows is prepared, so it travels with these events)
+    kind: str
+    savepoint: str | None = None
+    chain: bool = False  # COMMIT/ROLLBACK AND CHAIN: a new transaction block starts at once
+
+
+# DEALLOCATE ALL in transaction pooling: forwarded as it is; when it completes the session
+# forgets the client's statements and the server connection's (proxy.txsettings).
+DEALLOCATE_ALL = TransactionControl("deallocate_all")

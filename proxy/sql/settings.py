@@ -34,8 +34,10 @@ TIMEOUT_SETTINGS = frozenset({"statement_timeout", "lock_timeout"})
 # Change how the server lexes SQL text, so the proxy's parse would differ (THREATS 12, 13).
 LEXING_SETTINGS = frozenset({"standard_conforming_strings", "backslash_quote"})
 ROLE_SETTINGS = frozenset({"role", "session_authorization"})
-# Units of PostgreSQL time settings, in milliseconds (a bare number means ms).
-_UNIT_MS = {"us": 0.001, "ms": 1, "s": 1000, "min": 60000, "h": 3600000, "d": 86400000}
+# Units of PostgreSQL's millisecond settings, largest first, in ms (guc.c's time unit
+# table; a bare number means ms).
+_UNITS_MS = (("d", 86400000), ("h", 3600000), ("min", 60000), ("s", 1000), ("ms", 1),
+             ("us", 0.001))
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|min|h|d)?\s*$")
 _PLAIN_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_$]*$")
 
@@ -121,7 +123,7 @@ def _check_encoding(flat: str | None) -> None:
 def _check_timeout(ctx: Context, name: str, flat: str | None) -> None:
     limit = dict(ctx.scope.pinned_settings).get(name)
     wanted = duration_ms(flat) if flat is not None else None
-    if wanted is None or wanted <= 0:
+    if wanted is None or wanted <= 0:  # 0 (also '0.4', '100us') disables the timeout
         raise PolicyDenied(f"{name} can only be set to a positive duration",
                            rule="setting-value")
     pinned = duration_ms(limit) if limit is not None else None
@@ -129,12 +131,39 @@ def _check_timeout(ctx: Context, name: str, flat: str | None) -> None:
         raise PolicyDenied(f"{name} cannot exceed {limit}", rule="setting-value")
 
 
-def duration_ms(text: str | None) -> float | None:
-    """A PostgreSQL time setting ('5s', '100', '1min') in milliseconds, or None."""
+def duration_ms(text: str | None) -> int | None:
+    """The whole milliseconds PostgreSQL stores for a time setting ('5s', '100', '1min',
+    '0.4'), or None when the text is not a plain non-negative duration.
+
+    As guc.c's parse_int: a value with a unit is converted to ms and rounded to a whole
+    number of the next smaller unit, then every value is rounded to whole milliseconds
+    (rint: half to even, like Python's round), so '0.4' and '100us' are 0, which
+    disables a timeout.
+    """
     match = _DURATION.match(text or "")
     if not match:
         return None
-    return float(match.group(1)) * _UNIT_MS[match.group(2) or "ms"]
+    number, unit = match.group(1), match.group(2)
+    if number.startswith("0") and number.isdigit() and len(number) > 1:
+        # strtol(…, 0) reads a leading 0 as octal: '010' is 8 ms, '08' an error
+        return _octal(number, unit)
+    value = float(number)
+    try:
+        if unit is not None:
+            sizes = [size for _, size in _UNITS_MS]
+            position = [name for name, _ in _UNITS_MS].index(unit)
+            value *= sizes[position]
+            if position + 1 < len(sizes):
+                value = round(value / sizes[position + 1]) * sizes[position + 1]
+        return round(value)
+    except (OverflowError, ValueError):  # inf or nan: far out of range anyway
+        return None
+
+
+def _octal(number: str, unit: str | None) -> int | None:
+    if set(number) - set("01234567"):
+        return None
+    return duration_ms(f"{int(number, 8)}{unit or ''}")
 
 
 def _check_search_path(elements: list[str]) -> None:

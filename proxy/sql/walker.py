@@ -135,7 +135,7 @@ def _type_name(ctx: Context, fields: dict[str, Any], depth: int) -> None:
         raise NotSupported("cross-database references are not implemented",
                            rule="cross-database")
     if len(names) == 2:
-        reach.check_named_object(ctx, "type", "42704", names[0], names[1])
+        reach.check_named_object(ctx, "type", names[0], names[1])
     children(ctx, "TypeName", fields, depth, skip=("names",))
 
 
@@ -178,7 +178,7 @@ def _sample(ctx: Context, fields: dict[str, Any], depth: int) -> None:
 def _collate(ctx: Context, fields: dict[str, Any], depth: int) -> None:
     names = _names(fields.get("collname"))
     if len(names) == 2:
-        reach.check_named_object(ctx, "collation", "42704", names[0], names[1])
+        reach.check_named_object(ctx, "collation", names[0], names[1])
     children(ctx, "CollateClause", fields, depth, skip=("collname",))
 
 

@@ -66,11 +66,13 @@ def _database_plan(cfg: Config, tenant: Tenant) -> tuple[tuple[str, ...], Scope]
     return (), _scope(cfg, "database")
 
 
-def _schema_plan(cfg: Config, tenant: Tenant) -> tuple[tuple[str, ...], Scope]:
+def _schema_plan(cfg: Config, tenant: Tenant,
+                 shared_catalog: object | None = None) -> tuple[tuple[str, ...], Scope]:
     assert tenant.schema is not None
     search_path = ", ".join(quote_ident(name) for name in (tenant.schema, *cfg.shared_schemas))
     role_sql, role_pin = _role_setup(tenant)
     scope = _scope(cfg, "schema", schemas=(tenant.schema,), shared_schemas=cfg.shared_schemas,
+                   shared_catalog=shared_catalog,
                    pinned_settings=(("search_path", search_path), *role_pin))
     return (f"SET search_path TO {search_path}", *role_sql), scope
 
@@ -92,7 +94,6 @@ def _row_plan(cfg: Config, tenant: Tenant,
     return (set_tenant, f"SET search_path TO {search_path}", *role_sql), scope
 
 
-_PLANNERS = {"database": _database_plan, "schema": _schema_plan}
 
 
 def _bypass_plan(cfg: Config, user: User, startup_database: str) -> SessionPlan:
@@ -103,7 +104,8 @@ def _bypass_plan(cfg: Config, user: User, startup_database: str) -> SessionPlan:
 
 
 def plan_session(cfg: Config, user: User, tenant: Tenant | None,
-                 startup_database: str, row_catalog: object | None = None) -> SessionPlan:
+                 startup_database: str, row_catalog: object | None = None,
+                 shared_catalog: object | None = None) -> SessionPlan:
     """The plan for a login acting for `tenant` (None only for a bypass login).
 
     Row tenants need the catalog of their database's tenant tables (`row_catalog`).
@@ -114,8 +116,10 @@ def plan_session(cfg: Config, user: User, tenant: Tenant | None,
         return _bypass_plan(cfg, user, startup_database)
     if tenant.strategy == "row":
         setup_sql, scope = _row_plan(cfg, tenant, row_catalog)
+    elif tenant.strategy == "schema":
+        setup_sql, scope = _schema_plan(cfg, tenant, shared_catalog)
     else:
-        setup_sql, scope = _PLANNERS[tenant.strategy](cfg, tenant)
+        setup_sql, scope = _database_plan(cfg, tenant)
     return SessionPlan(tenant=tenant.name, strategy=tenant.strategy, cluster=tenant.cluster,
                        database=tenant.database, setup_sql=setup_sql,
                        context_key=(tenant.strategy, tenant.name, setup_sql), scope=scope)

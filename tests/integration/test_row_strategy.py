@@ -22,12 +22,18 @@ from tests.helpers import RunningProxy, backend_query, sqlstate, start_proxy, ta
 pytestmark = pytest.mark.timeout(120)
 
 MODES = ("both", "rewrite", "rls")
-ROWDB = "rowdb"
+ROWDB = f"rowstrategy_{os.getpid()}"
 
 
 @pytest.fixture(scope="module")
-def row_sample(pg: LocalPostgres, sample: SampleInfo) -> SampleInfo:
-    return install_row_sample(pg, sample)
+def row_sample(pg: LocalPostgres, sample: SampleInfo) -> Iterator[SampleInfo]:
+    """A copy of the row sample of its own: these tests write rows, others count them."""
+    info = dataclasses.replace(sample, row_database=ROWDB)
+    install_row_sample(pg, info)
+    try:
+        yield info
+    finally:
+        pg.run_sql(f"DROP DATABASE IF EXISTS {ROWDB} WITH (FORCE)")
 
 
 @pytest.fixture(scope="module", params=MODES)

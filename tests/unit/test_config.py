@@ -16,7 +16,8 @@ pytestmark = pytest.mark.timeout(30)
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_ENV = {"MAIN_DB_PASSWORD": "main-secret", "APP_PASSWORD": "app-secret",
-               "ACME_REPORTING_PASSWORD": "acme-secret", "MIGRATOR_PASSWORD": "mig-secret"}
+               "ACME_REPORTING_PASSWORD": "acme-secret", "MIGRATOR_PASSWORD": "mig-secret",
+               "OPS_PASSWORD": "ops-secret", "AUDIT_HMAC_KEY": "an-audit-key-of-32-bytes-or-so!!"}
 
 # lines 1-10; cases append from line 11 or replace a line
 BASE = """\
@@ -77,7 +78,10 @@ def test_example_config_loads_every_strategy_and_user_kind() -> None:
         "app": User(name="app", password="app-secret", auth="scram", tenants=("*",)),
         "acme_reporting": User(name="acme_reporting", password="acme-secret", tenant="acme"),
         "migrator": User(name="migrator", password="mig-secret", bypass=True, cluster="main"),
+        "ops": User(name="ops", password="ops-secret", admin=True),
     }
+    assert cfg.audit is not None and cfg.audit.path == "/var/log/tenantgate/audit.jsonl"
+    assert cfg.audit.hmac_key == b"an-audit-key-of-32-bytes-or-so!!"
     assert cfg.tenants == {
         "acme": Tenant(name="acme", strategy="database", cluster="main", database="acme"),
         "globex": Tenant(name="globex", strategy="schema", cluster="main", database="shared",

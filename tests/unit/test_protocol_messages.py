@@ -141,10 +141,28 @@ MALFORMED = {
     "parse oid count lies": (m.decode_parse, msg("P", b"s\x00x\x00\x00\x02\x00\x00\x00\x17")),
     "parse no NUL": (m.decode_parse, msg("P", b"s\x00x")),
     "bind one name": (m.decode_bind, msg("B", b"portal\x00")),
+    "bind no format count": (m.decode_bind, msg("B", b"p\x00s\x00")),
+    "bind format codes cut": (m.decode_bind, msg("B", b"\x00\x00\x00\x02\x00\x01")),
+    "bind no value count": (m.decode_bind, msg("B", b"\x00\x00\x00\x00")),
+    "bind value count lies": (m.decode_bind, msg("B", b"\x00\x00\x00\x00\x00\x05")),
+    "bind value cut": (m.decode_bind, msg("B", b"\x00\x00\x00\x00\x00\x01\x00\x00\x00\x10ab")),
+    "bind value length -2": (m.decode_bind, msg("B", b"\x00\x00\x00\x00\x00\x01\xff\xff\xff\xfe"
+                                                    b"\x00\x00")),
+    "bind length cut": (m.decode_bind, msg("B", b"\x00\x00\x00\x00\x00\x01\x00\x00")),
+    "bind no result formats": (m.decode_bind, msg("B", b"\x00\x00\x00\x00\x00\x00")),
+    "bind result formats cut": (m.decode_bind, msg("B", b"\x00\x00\x00\x00\x00\x00\x00\x02"
+                                                       b"\x00\x00")),
+    "bind trailing junk": (m.decode_bind, TO_SERVER["bind"][1][:1]
+                           + struct.pack("!i", len(TO_SERVER["bind"][1]))
+                           + TO_SERVER["bind"][1][5:] + b"x"),
     "describe bad kind": (m.decode_describe, msg("D", b"Xs\x00")),
     "describe junk": (m.decode_describe, msg("D", b"Ss\x00x\x00")),
     "close empty": (m.decode_close, msg("C", b"")),
     "execute short": (m.decode_execute, msg("E", b"\x00\x00\x00")),
+    "execute no max_rows": (m.decode_execute, msg("E", b"\x00")),
+    "execute portal no NUL": (m.decode_execute, msg("E", b"portal\x00\x00\x00")),
+    "execute NUL in portal": (m.decode_execute, msg("E", b"a\x00b\x00\x00\x00\x00\x00")),
+    "execute trailing junk": (m.decode_execute, msg("E", b"\x00\x00\x00\x00\x00x")),
     "password NUL inside": (m.decode_password, msg("p", b"a\x00b\x00")),
     "password no NUL": (m.decode_password, msg("p", b"ab")),
     "sasl length lies": (m.decode_sasl_initial, msg("p", b"M\x00\x00\x00\x00\x05abc")),
@@ -176,7 +194,8 @@ def test_decoders_reject_malformed(decoder, raw):
     (m.decode_query, msg("Q", b"SELECT '\xff'\x00")),
     (m.decode_parse, msg("P", b"\xc3\x28\x00x\x00\x00\x00")),
     (m.decode_parse, msg("P", b"s\x00\xed\xa0\x80\x00\x00\x00")),  # UTF-16 surrogate
-    (m.decode_bind, msg("B", b"p\x00\xff\x00")),
+    (m.decode_bind, msg("B", b"p\x00\xff\x00\x00\x00\x00\x00\x00\x00")),
+    (m.decode_execute, msg("E", b"\xd6\xd0\x00\x00\x00\x00\x00")),
 ])
 def test_decoders_reject_invalid_utf8(decoder, raw):
     with pytest.raises(InvalidEncoding) as err:
@@ -196,6 +215,31 @@ def test_decode_error_fields_tolerates_odd_servers(body, fields):
     assert m.decode_error_fields(msg("N", body)) == fields
 
 
+@pytest.mark.parametrize("raw", [msg("B", b"\xff\x00\x00\x00\x00\x00\x01\x00\x00\x00\x10ab"),
+                                 msg("E", b"\xff\x00\x00\x00")])
+def test_structure_is_checked_before_the_encoding(raw):
+    """A malformed message is 08P01 (FATAL) even when its names are also not UTF-8."""
+    with pytest.raises(ProtocolViolation):
+        (m.decode_bind if raw[:1] == b"B" else m.decode_execute)(raw)
+
+
+def test_decode_bind_accepts_what_postgres_accepts():
+    nulls_and_binary = msg("B", b"p\x00s\x00" + struct.pack("!HhH", 1, 1, 2)
+                           + struct.pack("!i", -1) + struct.pack("!i", 0)
+                           + struct.pack("!Hhh", 2, 0, 1))
+    assert m.decode_bind(nulls_and_binary) == m.Bind("p", "s")
+    assert m.decode_bind(msg("B", b"\x00\x00" + b"\x00" * 6)) == m.Bind("", "")
+
+
+@pytest.mark.parametrize("body,ok", [(b"", True), (b"x", False)])
+def test_check_empty(body, ok):
+    if ok:
+        m.check_empty(msg("H", body), m.FLUSH, "Flush")
+    else:
+        with pytest.raises(ProtocolViolation):
+            m.check_empty(msg("H", body), m.FLUSH, "Flush")
+
+
 # --- round trips and fuzzing ------------------------------------------------------
 
 text = st.text(st.characters(blacklist_characters="\x00", codec="utf-8"), max_size=40)
@@ -211,6 +255,54 @@ def test_round_trips(name, sql, oids):
     assert m.decode_execute(m.execute(name, 5)) == (name, 5)
     assert m.decode_parameter_status(m.parameter_status(name, sql)) == (name, sql)
     assert m.decode_command_complete(m.command_complete(sql)) == sql
+
+
+def any_bind(portal: str, statement: str, formats: list[int], values: list[bytes | None],
+             results: list[int]) -> bytes:
+    """A Bind as any client may send it: format codes, binary or NULL values."""
+    body = [portal.encode() + b"\x00", statement.encode() + b"\x00",
+            struct.pack(f"!H{len(formats)}h", len(formats), *formats),
+            struct.pack("!H", len(values))]
+    body += [b"\xff\xff\xff\xff" if v is None else struct.pack("!i", len(v)) + v
+             for v in values]
+    body.append(struct.pack(f"!H{len(results)}h", len(results), *results))
+    return msg("B", b"".join(body))
+
+
+binds = st.builds(any_bind, text, text, st.lists(st.sampled_from([0, 1]), max_size=4),
+                  st.lists(st.one_of(st.none(), st.binary(max_size=12)), max_size=6),
+                  st.lists(st.sampled_from([0, 1]), max_size=4))
+
+
+@FAST
+@given(binds, text)
+def test_bind_round_trip_and_rename_keep_the_values(raw, new_name):
+    portal, statement = m.decode_bind(raw)
+    renamed = m.rename_bind(raw, portal, new_name)
+    assert m.decode_bind(renamed) == m.Bind(portal, new_name)
+    assert renamed[m.bind_names_end(renamed):] == raw[m.bind_names_end(raw):]
+
+
+@FAST
+@given(binds, st.data())
+def test_bind_cut_or_extended_is_malformed(raw, data):
+    """Whatever the framing says, a Bind whose parts do not fill it exactly is 08P01,
+    so the server never reads other values, names or messages than the proxy did."""
+    cut = data.draw(st.integers(5, len(raw) - 1))
+    junk = data.draw(st.binary(min_size=1, max_size=6))
+    for body in (raw[5:cut], raw[5:] + junk):
+        with pytest.raises(ProtocolViolation):
+            m.decode_bind(msg("B", body))
+
+
+@FAST
+@given(text, st.integers(-2**31, 2**31 - 1), st.binary(max_size=6))
+def test_execute_round_trip_and_junk(portal, max_rows, junk):
+    raw = m.execute(portal, max_rows)
+    assert m.decode_execute(raw) == (portal, max_rows)
+    if junk:
+        with pytest.raises(ProtocolViolation):
+            m.decode_execute(msg("E", raw[5:] + junk))
 
 
 @FAST

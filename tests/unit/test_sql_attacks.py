@@ -214,19 +214,77 @@ def test_missing_and_existing_relations_read_the_same() -> None:
     assert a.message.replace("items", "X") == b.message.replace("nothing_here", "X")
 
 
-@pytest.mark.parametrize("sql, sqlstate, noun", [
-    ("SELECT 'hooli.t'::regtype", "42704", 'type "hooli.t"'),
-    ("SELECT to_regtype('hooli.t')", "42704", 'type "hooli.t"'),
-    ("SELECT 'hooli'::regnamespace", "3F000", 'schema "hooli"'),
-    ("SELECT 'hooli.f'::regproc", "42883", 'function "hooli.f"'),
-    ("SELECT 'hooli.f(int)'::regprocedure", "42883", 'function "hooli.f"'),
-    ("SELECT NULL::hooli.mytype", "42704", 'type "hooli.mytype"'),
-    ("SELECT 'a' COLLATE hooli.c", "42704", 'collation "hooli.c"'),
+@pytest.mark.parametrize("sql, noun", [
+    ("SELECT 'hooli.t'::regtype", 'type "hooli.t"'),
+    ("SELECT to_regtype('hooli.t')", 'type "hooli.t"'),
+    ("SELECT 'hooli'::regnamespace", 'schema "hooli"'),
+    ("SELECT to_regnamespace('hooli')", 'schema "hooli"'),
+    ("SELECT 'hooli.f'::regproc", 'function "hooli.f"'),
+    ("SELECT 'hooli.f(int)'::regprocedure", 'function "hooli.f"'),
+    ("SELECT to_regprocedure('hooli.f(int)')", 'function "hooli.f"'),
+    ("SELECT NULL::hooli.mytype", 'type "hooli.mytype"'),
+    ("SELECT (NULL::hooli.items).secret", 'type "hooli.items"'),
+    ("SELECT 'a' COLLATE hooli.c", 'collation "hooli.c"'),
+    ("SELECT 'hooli.english'::regconfig", 'text search configuration "hooli.english"'),
+    ("SELECT to_tsvector('hooli.english', 'x')", 'text search configuration "hooli.english"'),
+    ("SELECT plainto_tsquery('HOOLI.simple', 'x')", 'text search configuration "hooli.simple"'),
+    ("SELECT websearch_to_tsquery('\"hooli\".simple', 'x')",
+     'text search configuration "hooli.simple"'),
+    ("SELECT ts_headline('hooli.english', 'doc', 'q'::tsquery, 'MaxWords=5')",
+     'text search configuration "hooli.english"'),
+    ("SELECT ts_headline('hooli.english', 'doc', 'q'::tsquery)",
+     'text search configuration "hooli.english"'),
+    ("SELECT to_tsquery('hooli.english'::unknown, 'x')",
+     'text search configuration "hooli.english"'),
+    ("SELECT to_tsquery('hooli.english' COLLATE \"C\", 'x')",
+     'text search configuration "hooli.english"'),
 ])
-def test_other_tenant_objects_named_in_strings_look_missing(sql, sqlstate, noun) -> None:
-    message = denied(sql, SCHEMA, sqlstate, "relation-reach")
-    assert f"{noun} does not exist" in message
+def test_other_tenant_objects_named_in_strings_look_missing(sql, noun) -> None:
+    """DESIGN 4: any object of another tenant's schema answers 42P01, whatever it is."""
+    message = denied(sql, SCHEMA, "42P01", "relation-reach")
+    assert message == f"tenantgate: {noun} does not exist (rule relation-reach)"
     assert analyze_uncached(sql, DATABASE).action == "allow"
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT to_tsvector('{s}.english', 'x')",
+    "SELECT '{s}'::regnamespace",
+    "SELECT 'a' COLLATE {s}.\"C\"",
+    "SELECT '{s}.f(int)'::regprocedure",
+])
+def test_other_schemas_read_the_same_whether_or_not_they_exist(sql: str) -> None:
+    answers = [analyze_uncached(sql.format(s=schema), SCHEMA).error
+               for schema in ("hooli", "nosuchschema")]
+    assert [e.fields()["C"] for e in answers] == ["42P01", "42P01"]
+    assert answers[0].message.replace("hooli", "X") == \
+        answers[1].message.replace("nosuchschema", "X")
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT to_tsvector('english', body) FROM docs",
+    "SELECT to_tsvector('pg_catalog.english', body) FROM docs",
+    "SELECT to_tsvector('common.english', body) FROM docs",
+    "SELECT to_tsvector('globex.english', body) FROM docs",
+    "SELECT to_tsvector(body) FROM docs",
+    "SELECT to_tsvector(lang, body) FROM docs",
+    "SELECT to_tsvector('english'::regconfig, body) FROM docs",
+    "SELECT ts_headline(body, to_tsquery('x')) FROM docs",
+    "SELECT ts_headline('a.b c', to_tsquery('x'), 'MaxWords=5')",
+    "SELECT ts_headline($1, to_tsquery('x'), 'MaxWords=5')",
+    "SELECT to_tsquery($1)",
+])
+def test_text_search_configurations_in_reach(sql: str) -> None:
+    assert analyze_uncached(sql, SCHEMA).action == "allow"
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT to_tsvector($1, 'x')",
+    "SELECT plainto_tsquery($1::unknown, 'x')",
+    "SELECT ts_headline($1, 'doc', 'q'::tsquery, 'MaxWords=5')",
+])
+def test_text_search_configuration_from_a_parameter_is_denied(sql: str) -> None:
+    for scope in BOTH:
+        denied(sql, scope, "42501", "reg-cast")
 
 
 @pytest.mark.parametrize("sql, rule", [

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import pytest
 
+from proxy.errors import NotSupported
 from proxy.sql import analyze_uncached, nodes
+from proxy.sql.rewrite import RowContext
+from proxy.sql.rewrite_check import verify_statement
 
 from tests.unit.test_sql_attacks import denied
-from tests.unit.test_sql_row_rewrite import SCOPE, U, confined, rewritten
+from tests.unit.test_sql_row_rewrite import SCOPE, U, O, confined, rewritten
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -44,15 +47,119 @@ def test_update_and_delete_only_reach_the_tenants_rows(sql: str, expected: str) 
 
 
 @pytest.mark.parametrize("sql", [
-    "UPDATE orders SET tenant_id = 'globex'", "UPDATE orders SET tenant_id = 'initech'",
-    "UPDATE orders SET tenant_id = DEFAULT", "UPDATE orders o SET tenant_id = o.tenant_id",
+    "UPDATE orders SET tenant_id = 'globex'", "UPDATE orders o SET tenant_id = o.tenant_id",
+    "UPDATE orders SET tenant_id = 'initech' || ''", "UPDATE orders SET tenant_id = NULL",
     "UPDATE orders SET (tenant_id, status) = ('globex', 'x')",
+    "UPDATE orders SET (tenant_id, status) = ('initech', 'x')",
     "UPDATE orders SET (status, tenant_id) = (SELECT 'x', 'globex')",
     "UPDATE orders SET tenant_id[1] = 'g'",
     "WITH u AS (UPDATE orders SET tenant_id = 'g' RETURNING 1) SELECT * FROM u",
+    "UPDATE orders SET tenant_id = (SELECT $1)",
 ])
 def test_assigning_the_tenant_column_is_refused(sql: str) -> None:
     denied(sql, SCOPE, "42501", "tenant-column")  # THREATS 35
+
+
+def guard(value: str = "$1") -> str:
+    """The server-side check a bound tenant value gets (rewrite_dml.guarded)."""
+    return (f"CASE WHEN {value} = {KEY} THEN {value} WHEN CAST(pg_catalog.concat("
+            f"'tenantgate: the tenant column can only hold the tenant''s own key') AS integer)"
+            f" = 0 THEN NULL END")
+
+
+@pytest.mark.parametrize("sql, expected", [
+    # the own key, as an ORM saving every column sends it: a no-op on the tenant's rows
+    ("UPDATE orders SET tenant_id = 'initech', status = 'x' WHERE id = 1",
+     f"UPDATE public.orders SET tenant_id = {KEY}, status = 'x' WHERE id = 1 "
+     f"AND orders.tenant_id = {KEY}"),
+    ("UPDATE orders SET tenant_id = DEFAULT",
+     f"UPDATE public.orders SET tenant_id = {KEY} WHERE orders.tenant_id = {KEY}"),
+    ("UPDATE orders SET status = $2, tenant_id = $1 WHERE id = $3",
+     f"UPDATE public.orders SET status = $2, tenant_id = {guard()} WHERE id = $3 "
+     f"AND orders.tenant_id = {KEY}"),
+    ("INSERT INTO orders (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET tenant_id = 'initech'",
+     f"INSERT INTO public.orders (id, tenant_id) VALUES (1, {KEY}) ON CONFLICT (id) DO UPDATE "
+     f"SET tenant_id = {KEY} WHERE orders.tenant_id = {KEY}"),
+])
+def test_assigning_the_own_key_is_a_no_op(sql: str, expected: str) -> None:
+    assert rewritten(sql) == expected
+
+
+@pytest.mark.parametrize("sql, expected", [
+    ("INSERT INTO orders (tenant_id, total) VALUES ($1, $2)",
+     f"INSERT INTO public.orders (tenant_id, total) VALUES ({guard()}, $2)"),
+    ("INSERT INTO orders (id, tenant_id) VALUES ($1, $2::varchar), (3, 'initech')",
+     f"INSERT INTO public.orders (id, tenant_id) VALUES ($1, {guard('CAST($2 AS varchar)')}), "
+     f"(3, {KEY})"),
+    ("INSERT INTO orders (id, tenant_id) SELECT 1, $1",
+     f"INSERT INTO public.orders (id, tenant_id) SELECT 1, {guard()}"),
+    ("MERGE INTO orders t USING users s ON t.id = s.id WHEN NOT MATCHED THEN "
+     "INSERT (id, tenant_id) VALUES (s.id, $1)",
+     f"MERGE INTO public.orders AS t USING {U} AS s ON t.id = s.id AND t.tenant_id = {KEY} "
+     f"WHEN NOT MATCHED THEN INSERT (id, tenant_id) VALUES (s.id, {guard()})"),
+])
+def test_a_bound_tenant_value_is_checked_by_the_server(sql: str, expected: str) -> None:
+    """ORMs bind tenant_id: the parameter's value is unknown to the analysis, so the
+    server checks it; the re-check accepts exactly this guard and nothing else."""
+    assert rewritten(sql) == expected
+
+
+def test_the_guard_is_only_accepted_in_the_recheck() -> None:
+    # written by the client, the guard is an expression like any other: refused
+    denied(f"INSERT INTO orders (id, tenant_id) VALUES (1, {guard()})", SCOPE, "42501",
+           "tenant-column")
+    text = rewritten("INSERT INTO orders (id, tenant_id) VALUES (1, $1)")
+    statement = nodes.parse(text)[0]
+    verify_statement(RowContext(SCOPE, verify=True), statement.kind, statement.fields)
+    for forged in (text.replace("THEN $1 WHEN", "THEN 'globex' WHEN"),
+                   text.replace("= 0 THEN NULL", "= 0 THEN 'globex'"),
+                   text.replace("concat('tenantgate", "concat('1', 'tenantgate"),
+                   text.replace(guard(), "$1"), text.replace(guard(), "DEFAULT"),
+                   text.replace("WHEN $1 = 'initech'", "WHEN $1 = 'globex'")):
+        assert forged != text
+        statement = nodes.parse(forged)[0]
+        with pytest.raises(NotSupported):
+            verify_statement(RowContext(SCOPE, verify=True), statement.kind, statement.fields)
+
+
+@pytest.mark.parametrize("sql, expected", [
+    ("INSERT INTO orders (id, tenant_id) SELECT id, tenant_id FROM users",
+     f"INSERT INTO public.orders (id, tenant_id) SELECT id, tenant_id FROM {U} AS users"),
+    ("INSERT INTO orders (tenant_id, id) SELECT o.tenant_id, o.id + 100 FROM orders o "
+     "WHERE o.total > 1",
+     f"INSERT INTO public.orders (tenant_id, id) SELECT o.tenant_id, o.id + 100 FROM {O} AS o "
+     f"WHERE o.total > 1"),
+    ("INSERT INTO orders (tenant_id) SELECT DISTINCT tenant_id FROM orders UNION "
+     "SELECT 'initech'",
+     f"INSERT INTO public.orders (tenant_id) SELECT DISTINCT tenant_id FROM {O} AS orders "
+     f"UNION SELECT {KEY}"),
+])
+def test_insert_may_copy_the_tenant_column_of_its_own_rows(sql: str, expected: str) -> None:
+    assert rewritten(sql) == expected
+
+
+@pytest.mark.parametrize("sql", [
+    "INSERT INTO orders (id, tenant_id) SELECT id, tenant_id FROM users u (tenant_id)",
+    "INSERT INTO orders (id, tenant_id) SELECT id, name FROM users",
+    "INSERT INTO orders (id, tenant_id) SELECT u.id, u.tenant_id FROM users u, orders o",
+    "INSERT INTO orders (id, tenant_id) SELECT u.id, u.tenant_id FROM users u "
+    "LEFT JOIN orders o ON false",
+    "INSERT INTO orders (id, tenant_id) SELECT o.id, o.tenant_id FROM users u "
+    "RIGHT JOIN orders o ON false",
+    "INSERT INTO orders (tenant_id) SELECT tenant_id FROM users GROUP BY ROLLUP (tenant_id)",
+    "INSERT INTO orders (tenant_id) SELECT tenant_id FROM (SELECT 'globex' AS tenant_id) s",
+    "WITH users AS (SELECT 'globex' AS tenant_id) INSERT INTO orders (tenant_id) "
+    "SELECT tenant_id FROM users",
+    "INSERT INTO orders (tenant_id) WITH users AS (SELECT 'globex' AS tenant_id) "
+    "SELECT tenant_id FROM users",
+    "INSERT INTO orders (tenant_id) SELECT x.tenant_id FROM users u",
+    "INSERT INTO orders (tenant_id) SELECT tenant_id FROM countries",
+])
+def test_copying_an_unproven_tenant_column_is_refused(sql: str) -> None:
+    decision = analyze_uncached(sql, SCOPE)
+    assert decision.action == "deny", decision.sql
+    assert (decision.error.sqlstate, decision.error.rule) in {
+        ("42501", "tenant-column"), ("42P01", "relation-reach")}, decision.error
 
 
 @pytest.mark.parametrize("sql, expected", [
@@ -65,6 +172,11 @@ def test_assigning_the_tenant_column_is_refused(sql: str) -> None:
      f"INSERT INTO public.orders (tenant_id) VALUES ({KEY})"),
     ("INSERT INTO orders (id, tenant_id) VALUES (1, 'initech'), (2, 'initech')",
      f"INSERT INTO public.orders (id, tenant_id) VALUES (1, {KEY}), (2, {KEY})"),
+    # DEFAULT for the tenant column: the key, as when the column is left out
+    ("INSERT INTO orders (id, tenant_id) VALUES (1, DEFAULT), (2, 'initech')",
+     f"INSERT INTO public.orders (id, tenant_id) VALUES (1, {KEY}), (2, {KEY})"),
+    ("INSERT INTO orders VALUES (DEFAULT, DEFAULT, 7)",
+     f"INSERT INTO public.orders (id, tenant_id, user_id) VALUES (DEFAULT, {KEY}, 7)"),
     # positional: the catalog's column order (id, tenant_id, user_id, total, status)
     ("INSERT INTO orders VALUES (1)",
      f"INSERT INTO public.orders (id, tenant_id) VALUES (1, {KEY})"),
@@ -124,14 +236,12 @@ def test_an_integer_key_is_compared_as_text() -> None:
 @pytest.mark.parametrize("sql", [
     "INSERT INTO orders (id, tenant_id) VALUES (1, 'globex')",
     "INSERT INTO orders (id, tenant_id) VALUES (1, 'initech'), (2, 'globex')",
-    "INSERT INTO orders (id, tenant_id) VALUES (1, $1)",
-    "INSERT INTO orders (id, tenant_id) VALUES (1, DEFAULT)",
+    "INSERT INTO orders (id, tenant_id) VALUES (1, $1 || '')",
     "INSERT INTO orders (id, tenant_id) VALUES (1, NULL)",
     "INSERT INTO orders (id, tenant_id) VALUES (1, 'initech'::text)",
     "INSERT INTO orders (id, tenant_id) VALUES (1, lower('INITECH'))",
     "INSERT INTO orders (id, tenant_id) VALUES (1, (SELECT 'initech'))",
     "INSERT INTO orders VALUES (1, 'globex')",
-    "INSERT INTO orders (id, tenant_id) SELECT id, tenant_id FROM users",
     "INSERT INTO orders (tenant_id, id) SELECT *, 1 FROM (VALUES ('initech')) v",
     "INSERT INTO orders (id, tenant_id) SELECT 1, 'initech' UNION SELECT 2, 'globex'",
     "INSERT INTO orders (id, tenant_id[1]) VALUES (1, 'x')",

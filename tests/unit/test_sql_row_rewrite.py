@@ -165,6 +165,46 @@ def test_the_refusal_reads_the_same_whether_or_not_the_relation_exists() -> None
     assert view.replace("orders_view", "X") == missing.replace("no_such_thing", "X")
 
 
+@pytest.mark.parametrize("sql, same_as", [
+    ("SELECT 'secrets'::regclass", "SELECT * FROM secrets"),
+    ("SELECT to_regclass('public.secrets')", "SELECT * FROM public.secrets"),
+    ("SELECT 'public.secrets'::regclass::oid", "SELECT * FROM public.secrets"),
+    ("SELECT id FROM orders WHERE 'orders_view'::regclass IS NOT NULL",
+     "SELECT * FROM orders_view"),
+    ("SELECT to_regclass('orders_id_seq')", "SELECT * FROM orders_id_seq"),
+    ("SELECT pg_get_serial_sequence('secrets', 'id')", "SELECT * FROM secrets"),
+])
+def test_relations_out_of_reach_named_in_strings_are_hidden(sql: str, same_as: str) -> None:
+    """THREATS 18: a reg* literal answers like a FROM item naming the relation."""
+    message = denied(sql, SCOPE, "42P01", "relation-reach")
+    assert message == analyze_uncached(same_as, SCOPE).error.message
+    denied(sql, REWRITE_ONLY, "42P01", "relation-reach")
+    # with RLS alone, reach is the database's (as for `SELECT * FROM secrets`)
+    assert analyze_uncached(sql, RLS).action == "allow"
+
+
+@pytest.mark.parametrize("sql", ["SELECT 'orders'::regclass", "SELECT 'countries'::regclass",
+                                 "SELECT to_regclass('ref.currencies')",
+                                 "SELECT 'pg_type'::regclass",
+                                 "SELECT pg_get_serial_sequence('orders', 'id')"])
+def test_tables_in_reach_named_in_strings_are_allowed(sql: str) -> None:
+    assert analyze_uncached(sql, SCOPE).action == "allow"
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT nextval('orders_id_seq')", "SELECT currval('public.orders_id_seq')",
+    "SELECT setval('orders_id_seq', 1)", "SELECT nextval('orders_id_seq'::regclass)",
+    "SELECT pg_catalog.nextval('x')", "INSERT INTO orders (id) VALUES (nextval('s'))",
+    "SELECT nextval(relname) FROM pg_class",
+])
+def test_sequence_functions_are_refused_for_row_tenants(sql: str) -> None:
+    """THREATS 27: direct sequence access shows every tenant's volume; only column
+    defaults (on the server) use the sequences. In every enforcement mode."""
+    for scope in (SCOPE, REWRITE_ONLY, RLS):
+        denied(sql, scope, "42501", "sequence-function")
+    assert analyze_uncached("INSERT INTO orders (total) VALUES (1)", SCOPE).action == "rewrite"
+
+
 def test_catalogs_on_the_allowlist_are_read_unchanged() -> None:
     for sql in ["SELECT * FROM pg_catalog.pg_type", "SELECT oid FROM pg_class",
                 "SELECT 1", "SELECT now()"]:
@@ -317,7 +357,12 @@ _APP_REFUSED = {
     "UPDATE jobs SET done = true WHERE CURRENT OF c": "row-strategy",
     "WITH moved AS (DELETE FROM queue WHERE id = 1 RETURNING *) "
     "INSERT INTO done SELECT * FROM moved": "row-insert",
+    # THREATS 27: a sequence is shared by the row tenants; column defaults still use it
+    "INSERT INTO users (id, email) VALUES (nextval('users_id_seq'::regclass), 'x')":
+        "sequence-function",
+    "SELECT nextval('users_id_seq'), currval('users_id_seq')": "sequence-function",
 }
+_APP_SQLSTATE = {"sequence-function": "42501"}
 
 
 @pytest.mark.parametrize("sql", APPLICATION)
@@ -325,7 +370,7 @@ def test_application_sql_still_works_with_the_rewrite(sql: str) -> None:
     decision = analyze_uncached(sql, APP_SCOPE)
     if sql in _APP_REFUSED:
         assert (decision.action, decision.rule) == ("deny", _APP_REFUSED[sql])
-        assert decision.error.sqlstate == "0A000"
+        assert decision.error.sqlstate == _APP_SQLSTATE.get(decision.rule, "0A000")
         return
     assert decision.action in ("allow", "rewrite"), decision.error and decision.error.message
     if decision.action == "rewrite":

@@ -6,6 +6,8 @@ import pytest
 
 from proxy.sql import Scope, SettingChange, analyze_uncached, render_settings
 from proxy.sql.nodes import MAX_STATEMENT_BYTES
+from proxy.sql.settings import duration_ms
+from proxy.sql.scope import DEALLOCATE_ALL
 
 from tests.unit.test_sql_attacks import BOTH, DATABASE, ROW, SCHEMA, denied
 
@@ -90,6 +92,50 @@ def test_pinned_timeouts_can_only_be_tightened() -> None:
     assert analyze_uncached("SET statement_timeout = '10s'", PINNED).action == "allow"
     assert analyze_uncached("SET statement_timeout = 30000", PINNED).action == "allow"
     denied("SET statement_timeout = '1min'", PINNED, "42501", "setting-value")
+
+
+@pytest.mark.parametrize("sql", [
+    # PostgreSQL rounds to whole milliseconds, and 0 disables the timeout
+    "SET statement_timeout = 0.4", "SET statement_timeout = '0.5'",
+    "SET statement_timeout = '100us'", "SET lock_timeout = '0.2ms'",
+    "SET statement_timeout = '0.0004s'", "SET LOCAL statement_timeout = '500us'",
+    "SELECT set_config('statement_timeout', '0.3', false)",
+    "SELECT set_config('lock_timeout', '0.0001min', true)",
+    "SET statement_timeout = '-1'", "SET statement_timeout = '1e3'",
+    "SET statement_timeout = '08'", "SET statement_timeout = '5 S'",
+    "SET statement_timeout = '" + "9" * 400 + "ms'",
+])
+def test_timeouts_that_round_to_zero_or_are_unclear_are_denied(sql: str) -> None:  # T57
+    for scope in [*BOTH, PINNED]:
+        denied(sql, scope, "42501", "setting-value")
+
+
+@pytest.mark.parametrize("sql", [
+    "SET statement_timeout = 0.6", "SET statement_timeout = '1500us'",
+    "SET lock_timeout = '0.0015s'", "SET statement_timeout = ' 5 s '",
+])
+def test_timeouts_of_at_least_a_millisecond_are_allowed(sql: str) -> None:
+    for scope in [*BOTH, PINNED]:
+        assert analyze_uncached(sql, scope).action == "allow", (sql, scope.strategy)
+
+
+def test_pinned_timeouts_compare_what_the_server_stores() -> None:
+    pinned = Scope("database", pinned_settings=(("statement_timeout", "2"),))
+    assert analyze_uncached("SET statement_timeout = '2500us'", pinned).action == "allow"
+    denied("SET statement_timeout = '2501us'", pinned, "42501", "setting-value")
+    denied("SET statement_timeout = '0.0026s'", pinned, "42501", "setting-value")
+
+
+@pytest.mark.parametrize("text, stored", [
+    # what PostgreSQL 15 showed for SET statement_timeout = '<text>'
+    ("0.4", 0), ("0.5", 0), ("0.6", 1), ("1.5", 2), ("2.5", 2), ("100us", 0),
+    ("1500us", 2), ("2500us", 2), ("0.2ms", 0), ("0.0004s", 0), ("0.0015s", 2),
+    ("0.0025s", 2), ("5s", 5000), ("1min", 60000), ("010", 8), ("017s", 15000),
+    ("010.5", 10), ("00", 0), ("0.00001min", 0), ("1.0000001ms", 1), ("08", None),
+    ("-1", None), ("1e3", None), (".5", None), ("5 S", None), ("forever", None),
+])
+def test_durations_read_as_the_server_stores_them(text: str, stored: int | None) -> None:
+    assert duration_ms(text) == stored
 
 
 def test_setting_changes_are_reported_in_order() -> None:
@@ -198,12 +244,23 @@ def test_copy_with_files_or_programs_is_denied(sql: str) -> None:  # THREATS 39
 
 @pytest.mark.parametrize("sql", [
     "PREPARE p AS SELECT 1", "EXECUTE p", "EXECUTE p(1, 'a')", "DEALLOCATE p",
-    "DEALLOCATE ALL", "DECLARE c CURSOR WITH HOLD FOR SELECT 1", "SELECT lastval()",
+    "DECLARE c CURSOR WITH HOLD FOR SELECT 1", "SELECT lastval()",
 ])
 def test_session_features_are_refused_in_transaction_pooling(sql: str) -> None:  # 47, 52
     for scope in BOTH:
         message = denied(sql, scope, "0A000", "session-feature")
         assert "transaction pooling" in message
+
+
+def test_deallocate_all_is_forwarded_and_tracked_in_transaction_pooling() -> None:
+    """psycopg sends it after a rollback: the session forgets the statements once the
+    server completed it (the DEALLOCATE_ALL event), in every strategy."""
+    for scope in BOTH:
+        decision = analyze_uncached("DEALLOCATE ALL", scope)
+        assert (decision.action, decision.settings) == ("allow", (DEALLOCATE_ALL,))
+        assert not decision.session_state
+    for scope in [SESSION_DB, SESSION_SCHEMA]:
+        assert analyze_uncached("DEALLOCATE ALL", scope).settings == ()
 
 
 @pytest.mark.parametrize("sql", [

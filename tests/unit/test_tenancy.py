@@ -10,6 +10,7 @@ from pglast import parse_sql
 from proxy.config import Cluster, Config, Tenant, User
 from proxy.errors import FatalError, ProtocolViolation, TenantRefused
 from proxy.sql.scope import Scope
+from proxy.sql.sharedmodel import SharedCatalog
 from proxy.tenancy.resolve import filter_startup_params, parse_options, resolve_tenant, split_user
 from proxy.tenancy.strategy import SessionPlan, plan_session, quote_ident, quote_literal
 
@@ -366,10 +367,14 @@ def test_plan_database() -> None:
 
 def test_plan_schema() -> None:
     setup = ('SET search_path TO globex, common, "Ext"', "SET ROLE globex")
-    assert plan_session(CFG, USERS["app"], CFG.tenants["globex"], "shared") == SessionPlan(
+    catalog = SharedCatalog.from_rows([["common", "v", "v"]])
+    plan = plan_session(CFG, USERS["app"], CFG.tenants["globex"], "shared",
+                        shared_catalog=catalog)
+    assert plan == SessionPlan(
         tenant="globex", strategy="schema", cluster="main", database="shared",
         setup_sql=setup, context_key=("schema", "globex", setup),
         scope=Scope(strategy="schema", schemas=("globex",), shared_schemas=("common", "Ext"),
+                    shared_catalog=catalog,
                     pinned_settings=(("search_path", 'globex, common, "Ext"'),
                                      ("role", "globex"))))
 

@@ -1,0 +1,81 @@
+"""The shared schemas' relations per database, for schema tenants (THREATS 31).
+
+Schema tenants read the shared schemas; a view there may read another tenant's schema
+with its owner's rights, so the analysis refuses views, materialized views, foreign
+tables and tables with children elsewhere by name (proxy.sql.sharedmodel). Every schema
+tenant login gets a catalog loaded after it arrived, so what a DBA created before the
+login is known: one query per wave of logins on a connection kept per (cluster,
+database) for it alone (logins that arrive during a load share the next one). A session
+keeps the catalog it logged in with: a view a DBA adds to a shared schema later reaches
+only the sessions that log in after it (README, "Schema strategy"). The server setting
+`restrict_nonsystem_relation_kind` would close that gap but also refuses the tenant's
+own views, so it is not used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from proxy.pool.server import open_server_connection
+from proxy.sql.sharedmodel import SharedCatalog, relations_query
+
+PIN_SEARCH_PATH = "SET search_path = pg_catalog, pg_temp"
+
+
+class SharedCatalogs:
+    def __init__(self, config) -> None:
+        self.config = config
+        self._loaded: dict[tuple[str, str], tuple[float, SharedCatalog]] = {}
+        self._loading: dict[tuple[str, str], asyncio.Task] = {}
+        self._conns: dict[tuple[str, str], object] = {}
+
+    async def get(self, cluster: str, database: str) -> SharedCatalog:
+        """The shared schemas' relations of `database`, loaded after this call began;
+        a connection error (ProxyError) when the database cannot be reached."""
+        if not self.config.shared_schemas:
+            return SharedCatalog()
+        key, asked = (cluster, database), time.monotonic()
+        while True:
+            loaded = self._loaded.get(key)
+            if loaded is not None and loaded[0] >= asked:
+                return loaded[1]
+            task = self._loading.get(key)
+            if task is None or task.done():
+                task = self._loading[key] = asyncio.get_running_loop().create_task(
+                    self._load(key))
+                task.add_done_callback(lambda _: self._loading.pop(key, None))
+            await asyncio.shield(task)
+
+    async def _load(self, key: tuple[str, str]) -> None:
+        started = time.monotonic()
+        conn = await self._connection(key)
+        try:
+            rows = await conn.query(relations_query(self.config.shared_schemas))
+        except BaseException:
+            self._conns.pop(key, None)
+            conn.close()
+            raise
+        catalog = SharedCatalog.from_rows(
+            [[None if v is None else v.decode("utf-8") for v in row] for row in rows])
+        previous = self._loaded.get(key)
+        if previous is not None and previous[1] == catalog:
+            catalog = previous[1]  # the same object: analysis cache keys compare by identity
+        self._loaded[key] = (started, catalog)
+
+    async def _connection(self, key: tuple[str, str]):
+        conn = self._conns.get(key)
+        if conn is None or conn.closed:
+            conn = await open_server_connection(self.config.clusters[key[0]], key[1])
+            await conn.query(PIN_SEARCH_PATH)
+            self._conns[key] = conn
+        return conn
+
+    def connections(self) -> list[tuple[tuple[str, str], object]]:
+        """((cluster, database), connection) of each open catalog connection (SHOW SERVERS)."""
+        return [(key, conn) for key, conn in self._conns.items() if not conn.closed]
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
