@@ -29,13 +29,15 @@ class ExtendedQuery:
         if parse.name and self._can_defer_parse(decision):
             # Prepared lazily where it is used: a Parse+Sync (libpq's PQprepare) then
             # needs no server connection, so clients waiting for one cannot deadlock.
+            if self.app.observer.audit is not None:
+                self.app.observer.statement(self, parse.query, decision.ddl)
             self._register_named(parse.name, make_statement(query, parse.param_oids,
                                                             decision.settings))
             return
         if not self._ensure_server(m.PARSE, raw):
-            return
+            return  # handled again, and audited, once a server connection is attached
         if self.app.observer.audit is not None:
-            self.app.observer.statement(self, parse.query)
+            self.app.observer.statement(self, parse.query, decision.ddl)
         if decision.session_state:
             self.server.dirty = True
         if self.session_pooling:

@@ -206,7 +206,7 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
         if not self._ensure_server(m.QUERY, raw):
             return
         if self.app.observer.audit is not None:
-            self.app.observer.statement(self, sql)
+            self.app.observer.statement(self, sql, decision.ddl)
         self._send(raw if decision.action == "allow" else m.query(decision.sql))
         self.tracker.expect(READY, settings=decision.settings)
         self.server.unnamed_owner = None  # a simple Query replaces the unnamed statement

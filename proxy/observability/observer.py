@@ -77,12 +77,15 @@ class Observer:
         session.tm.refusal(error.rule, shape=shape, sqlstate=error.sqlstate)
         self._audit("refusal", session, rule=error.rule, sqlstate=error.sqlstate, shape=shape)
 
-    def statement(self, session, sql: str) -> None:
-        """A statement forwarded: audited for bypass logins, or all with every_statement."""
+    def statement(self, session, sql: str, ddl: str | None = None) -> None:
+        """A statement forwarded: audited for bypass logins, as `ddl` when it changes the
+        schema (`ddl`: the statement kind), or all of them with every_statement."""
         if self.audit is None:
             return
         if session.plan.strategy == "bypass":
-            self._audit("bypass_statement", session, shape=shape_of(sql))
+            self._audit("bypass_statement", session, shape=shape_of(sql), kind=ddl)
+        elif ddl is not None:
+            self._audit("ddl", session, shape=shape_of(sql), kind=ddl)
         elif self.audit.wants_statements:
             self._audit("statement", session, shape=shape_of(sql))
 

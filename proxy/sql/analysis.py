@@ -13,10 +13,11 @@ literals of later statements of the same shape.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from proxy.errors import NotSupported, PolicyDenied, ProxyError, StatementTooComplex
-from proxy.sql import nodes, policy, rewrite, rewrite_check, settings, template
+from proxy.sql import ddl, nodes, policy, rewrite, rewrite_check, settings, template
 from proxy.sql.deparse import deparse
 from proxy.sql.nodes import Statement
 from proxy.sql.reach import Context
@@ -25,6 +26,13 @@ from proxy.sql.scope import Scope, SettingChange, TransactionControl
 STRATEGIES = ("database", "schema", "row", "bypass")
 _SEPARATOR = "\n;\n"  # the newline ends a trailing `--` comment of the statement before
 
+
+# Statement kinds audited as DDL besides those `ddl` checks (bypass logins run any of them).
+DDL_PREFIXES = ("Create", "Alter", "Drop")
+DDL_KINDS = frozenset({"RenameStmt", "CommentStmt", "GrantStmt", "GrantRoleStmt",
+                       "TruncateStmt", "IndexStmt", "ViewStmt", "CompositeTypeStmt",
+                       "DefineStmt", "ReindexStmt", "ClusterStmt", "SecLabelStmt",
+                       "RefreshMatViewStmt", "ReassignOwnedStmt"})
 
 @dataclass(frozen=True)
 class Decision:
@@ -44,6 +52,9 @@ class Decision:
     # False when the decision read a literal (SET values, nextval('…'), reg* names):
     # such decisions are cached by exact text only, never by statement shape.
     shape_cacheable: bool = False
+    # The first statement that changes the schema (CreateStmt, DropStmt, …), for the audit
+    # trail's `ddl` entries; None when there is none.
+    ddl: str | None = None
     # Row rewrites: the rewritten SQL as a template for statements of the same shape.
     template: template.Template | None = field(default=None, compare=False, repr=False)
 
@@ -64,11 +75,22 @@ def analyze_uncached(sql: str, scope: Scope, *, templates: bool = True) -> Decis
                      len(statements), cacheable=False)
     if scope.strategy == "bypass":
         return Decision("allow", statements=len(statements), rule="bypass",
-                        shape_cacheable=True)
+                        shape_cacheable=True, ddl=_ddl_kind(statements))
     if scope.strategy == "row" and _no_catalog(scope):
         return _deny(NotSupported("the row rewrite has no table catalog for this database",
                                   rule="row-catalog"), len(statements), cacheable=False)
-    return _check_all(sql, statements, rewrite.new_context(scope), templates)
+    decision = _check_all(sql, statements, rewrite.new_context(scope), templates)
+    kind = _ddl_kind(statements) if decision.action != "deny" else None
+    return dataclasses.replace(decision, ddl=kind) if kind is not None else decision
+
+
+def _ddl_kind(statements: list[Statement]) -> str | None:
+    """The kind of the first schema-changing statement (audited as `ddl`), else None."""
+    for statement in statements:
+        kind = statement.kind
+        if kind in ddl.STATEMENTS or kind.startswith(DDL_PREFIXES) or kind in DDL_KINDS:
+            return kind
+    return None
 
 
 def _no_catalog(scope: Scope) -> bool:

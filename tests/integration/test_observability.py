@@ -92,3 +92,41 @@ def test_readyz_fails_while_draining(observed) -> None:
     client.execute("COMMIT")
     client.close()
     assert proxy.wait(20) == 0
+
+
+@pytest.fixture
+def globex_may_create(pg):
+    from tests.helpers import backend_query
+    backend_query(pg, "shared", "GRANT CREATE ON SCHEMA globex TO globex")
+    yield
+    backend_query(pg, "shared", "REVOKE CREATE ON SCHEMA globex FROM globex")
+
+
+def test_ddl_and_bypass_statements_are_audited(proxy_factory, tmp_path, sample,
+                                               globex_may_create) -> None:
+    """A tenant's DDL (isolation_level standard) is a `ddl` entry with its kind; every
+    statement of a bypass login is a `bypass_statement` entry, prepared ones too; shapes
+    only, never literals."""
+    import json
+
+    audit_path = tmp_path / "audit.jsonl"
+    proxy = proxy_factory(extra=f'audit: {{path: "{audit_path}", hmac_key: "{AUDIT_KEY}"}}\n',
+                          isolation_level="standard")
+    table = f"ddl_audit_{tmp_path.name[-8:].replace('-', '_')}"
+    with proxy.connect("app.globex", APP) as globex:
+        globex.execute(f"CREATE TABLE {table} (id int)")
+        globex.execute(f"INSERT INTO {table} VALUES (424242)")
+        globex.execute(f"DROP TABLE {table}")
+    with proxy.connect("migrator", sample.password("migrator"), dbname="acme") as migrator:
+        migrator.execute("SELECT count(*) FROM items WHERE name = %s", ("bypass-literal",),
+                         prepare=True)
+        migrator.execute("SELECT 777")
+    proxy.stop()
+    entries = [json.loads(line) for line in audit_path.read_text().splitlines()]
+    ddl = [(e["tenant"], e["kind"], e["shape"]) for e in entries if e["event"] == "ddl"]
+    assert ddl == [("globex", "CreateStmt", f"CREATE TABLE {table} (id int)"),
+                   ("globex", "DropStmt", f"DROP TABLE {table}")]
+    bypass = [e["shape"] for e in entries if e["event"] == "bypass_statement"]
+    assert bypass == ["SELECT count(*) FROM items WHERE name = $1", "SELECT $1"]
+    text = audit_path.read_text()
+    assert "424242" not in text and "bypass-literal" not in text and "777" not in text
