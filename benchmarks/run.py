@@ -124,11 +124,13 @@ class Bench:
 
     def _target(self, scenario: Scenario, name: str) -> Target | list[Target]:
         """Where a scenario's pgbench connects. Row scenarios run one pgbench per tenant
-        through tenantgate, as that tenant, to ROW_DB; their baselines run the same
-        clients on (a)'s tables, without a tenant column or RLS (what the row strategy
-        costs is the difference)."""
-        if scenario.row_enforce is None or name != "tenantgate":
+        through tenantgate, as that tenant, to ROW_DB; their baselines run as many
+        pgbench processes with the same clients on (a)'s tables, without a tenant column
+        or RLS (what the row strategy costs is the difference)."""
+        if scenario.row_enforce is None:
             return self.targets[name]
+        if name != "tenantgate":
+            return [self.targets[name] for _ in ROW_TENANTS]
         gate = self.row_gates.get(scenario.row_enforce, self.targets["tenantgate"])
         return [replace(gate, user=f"app.{tenant}") for tenant in ROW_TENANTS]
 

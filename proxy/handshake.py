@@ -209,5 +209,6 @@ def _server_name(session) -> str | None:
 
 
 def new_cancel_key() -> tuple[int, bytes]:
-    """A random (pid, key) pair: 63 bits of secret across the two (THREATS.md 59)."""
+    """A random (pid, key) pair: 62 bits of secret across the two (30 in the pid, a positive
+    31-bit number kept odd, and 32 in the key; THREATS.md 59)."""
     return secrets.randbits(31) | 1, secrets.token_bytes(4)

@@ -13,7 +13,6 @@ import ssl
 
 from proxy.config import ClientTls
 from proxy.errors import ConfigError, TooManyConnections
-from proxy.protocol.startup import encode_cancel_request
 
 
 class Listener:
@@ -90,15 +89,3 @@ def build_ssl_context(tls: ClientTls | None, config_path: str | None = None
     context.sslobject_class = ClientSSLObject
     context.sni_callback = _remember_server_name
     return context
-
-
-async def send_cancel(host: str, port: int, pid: int, key: bytes) -> None:
-    """Open a fresh connection to the server and send it a CancelRequest."""
-    try:
-        async with asyncio.timeout(5):
-            _, writer = await asyncio.open_connection(host, port)
-            writer.write(encode_cancel_request(pid, key))
-            await writer.drain()
-            writer.close()
-    except (OSError, TimeoutError):
-        pass  # the query may finish anyway; a lost cancel is what PostgreSQL clients expect too
