@@ -141,3 +141,39 @@ def test_pgbench_through_the_proxy(proxy, pg, pgbench_tables, mode) -> None:
     history_rows, delta, accounts, tellers, branches = sums[0]
     assert history_rows == processed
     assert delta == accounts == tellers == branches
+
+
+# -- waiting for a server connection ----------------------------------------------------------
+
+def _waiting_clients(port: int) -> float:
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    found = re.findall(r'^tenantgate_pool_clients_waiting\{[^}]*database="acme"[^}]*\} (\S+)$',
+                       text, re.MULTILINE)
+    return sum(float(value) for value in found)
+
+
+async def test_a_waiting_client_gets_the_connection_as_soon_as_it_is_free(proxy_factory):
+    """pool_size 1: a second client waits (the pool says so) while the first holds the
+    connection in a transaction, and is served by the hand-off at COMMIT, long before
+    wait_timeout (30 s) would end its wait."""
+    from proxy.localpg import free_port
+
+    metrics_port = free_port()
+    small = proxy_factory(pool_size=1, extra=f'metrics: "127.0.0.1:{metrics_port}"')
+    holder = await small.aconnect("app.acme", APP)
+    waiter = await small.aconnect("app.acme", APP)
+    try:
+        transaction = holder.transaction()
+        await transaction.start()
+        assert await holder.fetchval("SELECT count(*) FROM items") == 3
+        waiting = asyncio.create_task(waiter.fetchval("SELECT count(*) FROM items"))
+        await asyncio.to_thread(small.wait_until, lambda: _waiting_clients(metrics_port) == 1,
+                                15, "the second client to wait for the pool")
+        assert not waiting.done()
+        await transaction.commit()
+        assert await asyncio.wait_for(waiting, 10) == 3  # handed over, no wait_timeout
+    finally:
+        await holder.close()
+        await waiter.close()
