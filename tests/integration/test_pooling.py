@@ -177,3 +177,32 @@ async def test_a_waiting_client_gets_the_connection_as_soon_as_it_is_free(proxy_
     finally:
         await holder.close()
         await waiter.close()
+
+
+async def test_no_connection_within_wait_timeout_is_53300_and_the_holder_keeps_working(
+        proxy_factory, pg, sample):
+    text = sample.config_yaml(pg, 11111, pool_size=1)
+    text = text.replace('"127.0.0.1:11111"', '"127.0.0.1:{port}"')
+    text = text.replace("    pool_size: 1\n", "    pool_size: 1\n    wait_timeout: 1\n")
+    assert "wait_timeout: 1" in text and "{port}" in text
+    small = proxy_factory(config_text=text)
+    import psycopg
+
+    def wait_in_vain() -> psycopg.Error:
+        with small.connect("app.acme", APP) as waiter:
+            with pytest.raises(psycopg.Error) as refused:
+                waiter.execute("SELECT count(*) FROM items")
+            return refused.value
+
+    holder = await small.aconnect("app.acme", APP)
+    try:
+        transaction = holder.transaction()
+        await transaction.start()
+        await holder.fetchval("SELECT 1")
+        error = await asyncio.wait_for(asyncio.to_thread(wait_in_vain), 20)
+        assert error.sqlstate == "53300"  # FATAL: the session cannot go on without a server
+        assert "no server connection became free within 1 s" in str(error)
+        assert await holder.fetchval("SELECT count(*) FROM items") == 3
+        await transaction.commit()
+    finally:
+        await holder.close()
