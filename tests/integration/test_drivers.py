@@ -106,6 +106,8 @@ def test_sqlalchemy_orm_sync_psycopg(proxy_factory, pg, sample, migrator_can_cre
                     assert (widget.id, widget.name) == (i, f"w{i}")
                     assert session.scalar(select(func.count()).select_from(Widget)
                                           .where(Widget.qty > i)) == 20 - i
+            # psycopg's default: statements run more than 5 times are prepared (named)
+            assert first.connection().connection.driver_connection.prepare_threshold == 5
             first.commit()
             second.commit()
 
@@ -282,7 +284,7 @@ async def test_asyncpg_pool_defaults_acquire_release(proxy_factory, sample) -> N
     try:
         async with pool.acquire() as conn:
             initial_app_name = await conn.fetchval("SHOW application_name")
-            assert conn._get_reset_query() == ASYNCPG_RESET  # what asyncpg sends on release
+            assert conn.get_reset_query() == ASYNCPG_RESET  # what asyncpg sends on release
 
         async def worker(w: int) -> int:
             for n in range(25):
@@ -299,10 +301,14 @@ async def test_asyncpg_pool_defaults_acquire_release(proxy_factory, sample) -> N
 
         assert await asyncio.gather(*(worker(w) for w in range(20))) == [25] * 20
         # every release reset what the holder set (RESET ALL), on whichever connection
-        for _ in range(pool.get_size()):
-            async with pool.acquire() as conn:
+        held = [await pool.acquire() for _ in range(10)]  # asyncpg's default max_size
+        try:
+            assert pool.get_size() == 10
+            for conn in held:
                 assert await conn.fetchval("SHOW application_name") == initial_app_name
-        assert pool.get_size() == 10
+        finally:
+            for conn in held:
+                await pool.release(conn)
         # and the reset query itself, sent by hand, is accepted as one simple query
         async with pool.acquire() as conn:
             await conn.execute(ASYNCPG_RESET)
