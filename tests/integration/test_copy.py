@@ -316,3 +316,47 @@ def count_rows(sock, table: str) -> int:
         replies.append(read_message(sock))
     assert [kind for kind, _ in replies] == ["T", "D", "C", "Z"], replies
     return int(replies[1][1][6:])
+
+
+# -- a large result read slowly: memory stays flat, others are served -------------------------
+
+def proxy_rss(pid: int) -> int:
+    """VmRSS of the proxy process in bytes."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS line")
+
+
+def test_large_result_read_slowly_keeps_proxy_memory_flat(proxy_factory) -> None:
+    """256 MB of rows read at about 16 MB/s through a small receive buffer: the proxy
+    stops reading the server while the client is behind (transport flow control), so its
+    RSS grows by far less than the result (< 50 MB), and another client of the same tenant
+    is served all along (the reader holds one of the two server connections)."""
+    proxy = proxy_factory(pool_size=2)
+    rows, width = 262_144, 1000  # 256 MiB of text in DataRows
+    chunk, per_second = 64 * 1024, 16 * 1024 * 1024
+    with raw_login(proxy.host, proxy.port, "app.acme", APP, timeout=30) as reader, \
+            proxy.connect("app.acme", APP) as other:
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        baseline = proxy_rss(proxy.pid)
+        reader.sendall(message(b"Q", f"SELECT repeat('x', {width}) FROM generate_series(1, "
+                                     f"{rows})\0".encode()))
+        received, peak, served, started = 0, baseline, 0, time.monotonic()
+        tail = b""
+        while not tail.endswith(b"Z\x00\x00\x00\x05I"):
+            data = reader.recv(chunk)
+            assert data, "the proxy closed the slow reader's connection"
+            received += len(data)
+            tail = (tail + data)[-6:]
+            peak = max(peak, proxy_rss(proxy.pid))
+            if received // (8 * 1024 * 1024) > served:  # every 8 MB: the other client
+                served += 1
+                assert other.execute("SELECT count(*) FROM items").fetchone() == (3,)
+            ahead = received / per_second - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)  # pace the reading: this client is the slow one
+    assert received > rows * width
+    assert served >= 30  # the other client ran all along the 256 MB
+    assert peak - baseline < 50 * 1024 * 1024, f"RSS grew by {(peak - baseline) >> 20} MB"
