@@ -128,5 +128,6 @@ def test_ddl_and_bypass_statements_are_audited(proxy_factory, tmp_path, sample,
                    ("globex", "DropStmt", f"DROP TABLE {table}")]
     bypass = [e["shape"] for e in entries if e["event"] == "bypass_statement"]
     assert bypass == ["SELECT count(*) FROM items WHERE name = $1", "SELECT $1"]
-    text = audit_path.read_text()
-    assert "424242" not in text and "bypass-literal" not in text and "777" not in text
+    shapes = " ".join(str(e.get("shape")) for e in entries)
+    assert "424242" not in shapes and "777" not in shapes  # (digits may occur in the MACs)
+    assert "bypass-literal" not in audit_path.read_text()
