@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -365,12 +364,10 @@ def test_copy_1m_rows_text_in_and_out(proxy_factory, pg, sample, copy_tables) ->
     via_proxy, direct = copy_tables
     proxy = proxy_factory(pool_size=POOL_SIZE)
     data = copy_data()
-    started = time.monotonic()
     with proxy.connect("app.acme", sample.password("app")) as conn:
         copy_in(conn, via_proxy, data)
         assert conn.execute(f"SELECT count(*) FROM {via_proxy}").fetchone() == (COPY_ROWS,)
         proxied_out = copy_out(conn, via_proxy)
-    proxy_seconds = time.monotonic() - started
     with psycopg.connect(pg.dsn(dbname="acme"), autocommit=True, connect_timeout=10) as conn:
         copy_in(conn, direct, data)
         direct_out = copy_out(conn, direct)
@@ -380,4 +377,3 @@ def test_copy_1m_rows_text_in_and_out(proxy_factory, pg, sample, copy_tables) ->
     assert len(proxied_out) == len(direct_out) == len(data)
     assert hashlib.md5(proxied_out).hexdigest() == hashlib.md5(direct_out).hexdigest() == \
         hashlib.md5(data).hexdigest()
-    assert proxy_seconds < 60, f"1M rows in and out through the proxy took {proxy_seconds:.1f}s"
