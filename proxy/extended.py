@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 
-from proxy.errors import ProxyError
+from proxy.errors import NotSupported, ProxyError
 from proxy.protocol import messages as m
 from proxy.refusals import raise_sql
 from proxy.replies import BOUND, CLOSED, DESCRIBED, EXECUTED, PARSED, READY
@@ -24,6 +24,11 @@ class ExtendedQuery:
         decision = self._analyze(parse.query)
         if decision.action == "deny":
             self._refuse_extended(decision.error, parse.query)
+            return
+        if decision.action == "local":  # answered by the session in a simple Query only
+            self._refuse_extended(NotSupported(
+                f"{parse.query.strip()[:40]} is served in the simple query protocol only in "
+                "transaction pooling", rule="session-feature"), parse.query)
             return
         query = parse.query if decision.action == "allow" else decision.sql
         if parse.name and self._can_defer_parse(decision):

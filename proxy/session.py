@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from proxy.errors import AdminShutdown, FatalError, InvalidEncoding, ProtocolViolation, ProxyError
+from proxy.errors import (AdminShutdown, FatalError, InvalidEncoding, NotSupported,
+                          ProtocolViolation, ProxyError)
 from proxy.extended import ExtendedQuery
 from proxy.pool.lease import checkout, is_ready_for
 from proxy.protocol import messages as m
@@ -23,6 +24,8 @@ from proxy.refusals import raise_sql
 from proxy.relay import IDLE, ReplyRelay
 from proxy.replies import READY, ReplyTracker
 from proxy.txsettings import TransactionSettings
+
+FAILED = ord("E")  # ReadyForQuery: inside a failed transaction block
 
 
 class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
@@ -203,6 +206,9 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
         if decision.action == "deny":
             self._refuse_simple(decision.error, sql)
             return
+        if decision.action == "local":
+            self._answer_locally(decision.local, sql)
+            return
         if not self._ensure_server(m.QUERY, raw):
             return
         if self.app.observer.audit is not None:
@@ -264,6 +270,44 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
         # transaction is aborted too and a later COMMIT cannot commit partial work.
         self._send(m.query(raise_sql(error)))
         self.tracker.expect(READY)
+
+    def _answer_locally(self, command: tuple, sql: str) -> None:
+        """DEALLOCATE name / DISCARD ALL in transaction pooling: what they would reset lives
+        in this session (its statement names, its settings), not on a server connection,
+        so the session does it and answers as PostgreSQL would. Errors go the refusal way,
+        so that inside a transaction the server's transaction is aborted too."""
+        if not self.tracker.idle or self.unsynced:
+            self._refuse_simple(NotSupported(
+                f"{sql.strip()[:40]} cannot follow unanswered requests in transaction pooling",
+                rule="session-feature"), sql)
+            return
+        if self.tx_status == FAILED:
+            self._refuse_simple(ProxyError("current transaction is aborted, commands ignored "
+                                           "until end of transaction block", sqlstate="25P02"))
+            return
+        if command[0] == "deallocate":
+            if self.statements.pop(command[1], None) is None:
+                self._refuse_simple(ProxyError(f'prepared statement "{command[1]}" does not '
+                                               "exist", sqlstate="26000"))
+                return
+            tag = "DEALLOCATE"
+        else:
+            if self.tx_status != IDLE:
+                self._refuse_simple(ProxyError("DISCARD ALL cannot run inside a transaction "
+                                               "block", sqlstate="25001"))
+                return
+            self._discard_all()
+            tag = "DISCARD ALL"
+        self._client_out.append(m.command_complete(tag))
+        self._client_out.append(m.ready_for_query(bytes([self.tx_status])))
+
+    def _discard_all(self) -> None:
+        """What DISCARD ALL resets of this client: its prepared statements and portals'
+        settings, and its settings back to those of its startup packet."""
+        self.statements.clear()
+        self.unnamed = None
+        self.portal_settings.clear()
+        self.params = dict(self.startup_params)
 
     def _refuse_invalid_text(self, mtype: int, error: InvalidEncoding) -> None:
         """Text that is not UTF-8 never reaches the server (THREATS 13). PostgreSQL

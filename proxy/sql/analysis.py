@@ -52,6 +52,8 @@ class Decision:
     # False when the decision read a literal (SET values, nextval('…'), reg* names):
     # such decisions are cached by exact text only, never by statement shape.
     shape_cacheable: bool = False
+    # action "local": a command the session answers itself, see reach.Context.local
+    local: tuple | None = None
     # The first statement that changes the schema (CreateStmt, DropStmt, …), for the audit
     # trail's `ddl` entries; None when there is none.
     ddl: str | None = None
@@ -113,6 +115,8 @@ def _check_all(sql: str, statements: list[Statement], ctx: Context,
                 ctx.changed = False
             reapply.append(policy.check_statement(ctx, statement))
             changed.append(isinstance(ctx, rewrite.RowContext) and ctx.changed)
+        if ctx.local is not None:
+            return _local(ctx.local, count)
         if any(changed):
             return _rewrite_rows(sql, statements, reapply, changed, ctx, templates)
         if any(reapply):
@@ -128,6 +132,16 @@ def _check_all(sql: str, statements: list[Statement], ctx: Context,
                      count, cacheable=False)
     return Decision("allow", settings=tuple(ctx.settings), session_state=ctx.session_state,
                     statements=count, rule="allow", shape_cacheable=not ctx.literal)
+
+
+def _local(command: tuple, count: int) -> Decision:
+    """DEALLOCATE name / DISCARD ALL in transaction pooling: answered by the session, so
+    only alone (the server never sees them)."""
+    if count != 1:
+        return _deny(NotSupported(f"{command[0].replace('_', ' ').upper()} must be sent alone "
+                                  "in transaction pooling", rule="session-feature"),
+                     count, cacheable=True)
+    return Decision("local", local=command, statements=1, rule="local", shape_cacheable=True)
 
 
 def _deny(error: ProxyError, count: int, *, cacheable: bool) -> Decision:

@@ -164,14 +164,14 @@ def _execute(ctx: Context, fields: dict[str, Any]) -> None:
 
 
 def _deallocate(ctx: Context, fields: dict[str, Any]) -> None:
-    if fields.get("isall") and ctx.scope.pool_mode != "session":
+    if ctx.scope.pool_mode == "session":
+        _needs_session(ctx, "SQL DEALLOCATE", "use protocol-level prepared statements")
+    elif fields.get("isall"):
         # psycopg sends it after a rollback when it has prepared statements: the server
         # drops its statements, the session forgets them when it completes.
         ctx.settings.append(DEALLOCATE_ALL)
-        return
-    _needs_session(ctx, "SQL DEALLOCATE of one statement",
-                   "close it with a protocol-level Close (libpq 17's PQclosePrepared), or "
-                   "use DEALLOCATE ALL")
+    else:  # the client's name maps to a shared server statement: the session forgets it
+        ctx.local = ("deallocate", fields.get("name", ""))
 
 
 def _declare(ctx: Context, fields: dict[str, Any]) -> None:
@@ -200,9 +200,15 @@ def _notify(ctx: Context, fields: dict[str, Any]) -> None:
 
 
 def _discard(ctx: Context, fields: dict[str, Any]) -> None:
-    # DISCARD ALL cannot run inside the implicit transaction of a multi-statement
-    # string, so it cannot be followed by the re-application of the pinned settings.
-    raise NotSupported(f"DISCARD {fields.get('target', '')[8:]} is not supported; "
+    target = fields.get("target", "")[8:]
+    if target == "ALL" and ctx.scope.pool_mode != "session":
+        # Nothing of the client stays on a server connection in transaction pooling: the
+        # session resets what it keeps (statements, settings) and answers itself.
+        ctx.local = ("discard_all",)
+        return
+    # DISCARD cannot run inside the implicit transaction of a multi-statement string, so
+    # it cannot be followed by the re-application of the pinned settings.
+    raise NotSupported(f"DISCARD {target} is not supported; "
                        f"use RESET ALL, CLOSE ALL, DEALLOCATE and UNLISTEN *",
                        rule="discard")
 

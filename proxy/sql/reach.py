@@ -24,6 +24,9 @@ class Context:
     scope: Scope
     literal: bool = False  # the decision depends on a literal: cache by exact text only
     session_state: bool = False
+    # A command the session answers itself in transaction pooling (`Decision.local`):
+    # ("deallocate", name) or ("discard_all",); it must be the only statement.
+    local: tuple | None = None
     settings: list[SettingChange | TransactionControl] = field(default_factory=list)
 
     @property

@@ -855,3 +855,42 @@ def test_deallocate_all_inside_an_aborted_transaction_keeps_the_statements(proxy
         conn.execute("ROLLBACK")
         assert conn.execute("SELECT name FROM items WHERE id = %s", (2,),
                             prepare=True).fetchone() == (sample_items("acme")[1][1],)
+
+
+# -- DEALLOCATE name and DISCARD ALL, answered by the session -----------------------------------
+
+def deallocate_and_discard_outcomes(conn: psycopg.Connection) -> list[object]:
+    """A sequence of protocol-level prepares, SQL DEALLOCATE and DISCARD ALL; what each step
+    gave (a command status or a SQLSTATE)."""
+    pgconn = conn.pgconn
+    seen: list[object] = []
+
+    def run(result) -> None:
+        state = result.error_field(pq.DiagnosticField.SQLSTATE)
+        seen.append(state.decode() if state else (result.command_status or b"").decode())
+
+    run(pgconn.prepare(b"s1", b"SELECT 1"))
+    run(pgconn.exec_(b"DEALLOCATE s1"))
+    run(pgconn.exec_prepared(b"s1", []))
+    run(pgconn.exec_(b"DEALLOCATE PREPARE s1"))
+    run(pgconn.exec_(b"SET TimeZone TO 'Asia/Tokyo'"))
+    run(pgconn.prepare(b"s2", b"SELECT 2"))
+    run(pgconn.exec_(b"DISCARD ALL"))
+    run(pgconn.exec_prepared(b"s2", []))
+    seen.append(pgconn.exec_(b"SHOW TimeZone").get_value(0, 0).decode())
+    run(pgconn.exec_(b"BEGIN"))
+    run(pgconn.exec_(b"DISCARD ALL"))
+    seen.append(conn.info.transaction_status.name)
+    run(pgconn.exec_(b"ROLLBACK"))
+    return seen
+
+
+def test_deallocate_name_and_discard_all_behave_as_on_postgres(proxy, pg) -> None:
+    with psycopg.connect(direct_dsn(pg), autocommit=True) as direct:
+        expected = deallocate_and_discard_outcomes(direct)
+    with proxy.connect("app.acme", APP, autocommit=True) as conn:
+        got = deallocate_and_discard_outcomes(conn)
+    assert expected[:4] == ["", "DEALLOCATE", "26000", "26000"]  # the oracle itself
+    assert expected[6:8] == ["DISCARD ALL", "26000"] and expected[-3:-1] == ["25001", "INERROR"]
+    assert got[:8] == expected[:8]
+    assert got[8] != "Asia/Tokyo" and got[9:] == expected[9:]  # the client's own TimeZone

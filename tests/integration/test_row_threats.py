@@ -427,10 +427,25 @@ def test_t05_role_changes(gate, sql) -> None:
     gate.refused(sql, "42501")
 
 
-@pytest.mark.parametrize("sql", ["DISCARD ALL", "DISCARD PLANS", "discard sequences",
-                                 "DISCARD TEMP"])
+@pytest.mark.parametrize("sql", ["DISCARD PLANS", "discard sequences", "DISCARD TEMP",
+                                 "DISCARD ALL; SELECT secret FROM orders"])
 def test_t06_discard(gate, sql) -> None:
     gate.refused(sql, "0A000")
+
+
+def test_t06_discard_all_alone_keeps_the_tenant(gate) -> None:
+    """DISCARD ALL alone is answered by the proxy (it resets the client's statements and
+    settings): the tenant setting and the tenant's rows stay exactly as they were."""
+    before = gate.victim_rows()
+    with gate.connect() as conn:
+        conn.execute("SET application_name = 'before-discard'")
+        conn.execute("DISCARD ALL")
+        assert conn.execute("SHOW application_name").fetchone() != ("before-discard",)
+        tenants = {row[0] for row in conn.execute("SELECT tenant_id FROM orders")}
+        secrets = {row[0] for row in conn.execute("SELECT secret FROM orders")}
+    assert tenants == {"initech"}
+    assert canary("vandelay") not in secrets
+    assert gate.victim_rows() == before
 
 
 def test_t07_one_server_connection_alternates_tenants(gate) -> None:
@@ -1246,10 +1261,12 @@ def test_t46_every_statement_of_a_message_is_confined(gate) -> None:
     assert len(out.rows) == 3 and out.rows[1] == [], out
 
 
-@pytest.mark.parametrize("sql", ["PREPARE p AS SELECT secret FROM orders",
-                                 "EXECUTE p", "DEALLOCATE p"])
-def test_t47_sql_prepare(gate, sql) -> None:
-    gate.refused(sql, "0A000")
+@pytest.mark.parametrize("sql, code", [("PREPARE p AS SELECT secret FROM orders", "0A000"),
+                                       ("EXECUTE p", "0A000"),
+                                       ("DEALLOCATE p; SELECT 1", "0A000"),
+                                       ("DEALLOCATE p", "26000")])  # no such statement
+def test_t47_sql_prepare(gate, sql, code) -> None:
+    gate.refused(sql, code)
 
 
 def test_t48_bound_parameters_and_named_statements(gate) -> None:

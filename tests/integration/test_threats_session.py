@@ -120,8 +120,8 @@ def test_t46_multi_statement_string_through_clients(proxy, pg, attack) -> None:
     A("prepare q (int) as select secret from items where id = $1", code="0A000"),
     A("EXECUTE stolen", code="0A000"),
     A("execute q(3)", code="0A000"),
-    A("DEALLOCATE PREPARE stolen", code="0A000"),
-    A("DEALLOCATE stolen", code="0A000"),  # DEALLOCATE ALL is served: test_extended.py
+    A("DEALLOCATE PREPARE stolen", code="26000"),  # the session knows no such statement
+    A("DEALLOCATE stolen; SELECT 1", code="0A000"),  # answered by the session only alone
     A("PREPARE p AS SELECT 1; EXECUTE p", code="0A000"),
     A("PREPARE p AS SELECT 1", "extended", code="0A000"),
     A("EXECUTE p", "asyncpg", code="0A000"),

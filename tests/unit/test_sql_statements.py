@@ -243,7 +243,7 @@ def test_copy_with_files_or_programs_is_denied(sql: str) -> None:  # THREATS 39
 
 
 @pytest.mark.parametrize("sql", [
-    "PREPARE p AS SELECT 1", "EXECUTE p", "EXECUTE p(1, 'a')", "DEALLOCATE p",
+    "PREPARE p AS SELECT 1", "EXECUTE p", "EXECUTE p(1, 'a')",
     "DECLARE c CURSOR WITH HOLD FOR SELECT 1", "SELECT lastval()",
 ])
 def test_session_features_are_refused_in_transaction_pooling(sql: str) -> None:  # 47, 52
@@ -309,11 +309,24 @@ def test_advisory_locks() -> None:  # THREATS 54
         assert analyze_uncached("SELECT pg_advisory_unlock(1)", scope).action == "allow"
 
 
-@pytest.mark.parametrize("sql", ["DISCARD ALL", "DISCARD PLANS", "DISCARD SEQUENCES",
-                                 "DISCARD TEMP", "discard temporary"])
+@pytest.mark.parametrize("sql", ["DISCARD PLANS", "DISCARD SEQUENCES", "DISCARD TEMP",
+                                 "discard temporary"])
 def test_discard_is_not_supported(sql: str) -> None:  # THREATS 6
     for scope in [DATABASE, SCHEMA, SESSION_DB]:
         denied(sql, scope, "0A000", "discard")
+
+
+def test_deallocate_name_and_discard_all_are_answered_by_the_session() -> None:
+    """Transaction pooling: they reset what the session keeps, so it answers them alone;
+    session pooling: DISCARD ALL would also drop the tenant's pinned settings."""
+    for scope in [DATABASE, SCHEMA]:
+        assert analyze_uncached("DEALLOCATE PREPARE _pg3_0", scope).local == \
+            ("deallocate", "_pg3_0")
+        assert analyze_uncached("discard all", scope).local == ("discard_all",)
+        denied("DISCARD ALL; SELECT 1", scope, "0A000", "session-feature")
+        denied("SELECT 1; DEALLOCATE x", scope, "0A000", "session-feature")
+    denied("DISCARD ALL", SESSION_DB, "0A000", "discard")
+    assert analyze_uncached("DEALLOCATE p", SESSION_DB).action == "allow"
 
 
 def test_row_strategy_refuses_what_the_rewriter_will_handle() -> None:
