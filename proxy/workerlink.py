@@ -31,7 +31,7 @@ from typing import Any
 
 import structlog
 
-from proxy.observability.audit import CALLER_EVENTS
+from proxy.observability.audit import QueuedRecorder
 from proxy.observability.combined import CombinedMetrics, snapshot
 from proxy.observability.logging import get_logger
 
@@ -264,7 +264,7 @@ class WorkerLink:
         return AuditForwarder(self, self.audit_settings["every_statement"])
 
 
-class AuditForwarder:
+class AuditForwarder(QueuedRecorder):
     """AuditLog's interface in a worker: `record()` queues an entry without blocking and a
     task sends the queue to the supervisor, which writes it into the one chain.
 
@@ -285,36 +285,19 @@ class AuditForwarder:
         self._closing = False
         self._last_warning = -math.inf
 
-    @property
-    def wants_statements(self) -> bool:
-        return self.every_statement
-
-    @property
-    def queue_depth(self) -> int:
-        return len(self._queue)
-
-    def record(self, event: str, **fields: Any) -> bool:
-        if event not in CALLER_EVENTS:
-            raise ValueError(f"unknown audit event {event!r}")
-        if event == "statement" and not self.every_statement:
-            return False
-        if self._closing or len(self._queue) >= self.queue_capacity:
-            self._drop()
-            return False
-        self._queue.append({"kind": "audit", "event": event, "fields": fields})
-        self._wakeup.set()
-        return True
+    def _entry(self, event: str, fields: dict[str, Any]) -> dict[str, Any]:
+        return {"kind": "audit", "event": event, "fields": fields}
 
     async def record_wait(self, event: str, **fields: Any) -> bool:
         return self.record(event, **fields)  # nothing waits: the queue is as large as AuditLog's
 
-    def _drop(self) -> None:
-        self.dropped += 1
+    def _drop(self, count: int = 1) -> None:
+        self.dropped += count
         last = self._queue[-1] if self._queue else None
         if last is not None and last["kind"] == "gap":
-            last["count"] += 1
+            last["count"] += count
         else:  # one marker past capacity, where the entries went missing
-            self._queue.append({"kind": "gap", "count": 1})
+            self._queue.append({"kind": "gap", "count": count})
         now = time.monotonic()
         if now - self._last_warning >= WARN_INTERVAL:
             self._last_warning = now

@@ -338,7 +338,46 @@ def _tail(path: str, key: bytes) -> tuple[int, str, bool]:
 
 # --- the asynchronous front ------------------------------------------------------------------
 
-class AuditLog:
+class QueuedRecorder:
+    """What AuditLog and a worker's AuditForwarder (proxy.workerlink) share: `record()`
+    queues an entry without blocking; a full queue drops it, never silently (`_drop`).
+    Subclasses set every_statement, queue_capacity, _queue, _wakeup, _closing and say how
+    an entry is queued (`_entry`)."""
+
+    every_statement: bool
+    queue_capacity: int
+
+    @property
+    def wants_statements(self) -> bool:
+        """Whether `statement` events are kept (`every_statement: true`)."""
+        return self.every_statement
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def record(self, event: str, **fields: Any) -> bool:
+        """Queue one entry (never blocks); False when it was not kept (see the module doc)."""
+        if event not in CALLER_EVENTS:
+            raise ValueError(f"unknown audit event {event!r}")
+        if event == "statement" and not self.every_statement:
+            return False
+        if self._closing or len(self._queue) >= self.queue_capacity:
+            self._drop()
+            return False
+        self._queue.append(self._entry(event, fields))
+        if not self._wakeup.is_set():
+            self._wakeup.set()
+        return True
+
+    def _entry(self, event: str, fields: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def _drop(self, count: int = 1) -> None:
+        raise NotImplementedError
+
+
+class AuditLog(QueuedRecorder):
     """`record()` queues an entry without blocking; a writer task drains the queue to the file."""
 
     def __init__(self, path: str | os.PathLike, hmac_key: bytes | str,
@@ -374,28 +413,8 @@ class AuditLog:
         return cls(settings.path, settings.hmac_key, settings.max_bytes,
                    settings.every_statement, checkpoint_key=settings.checkpoint_key, **options)
 
-    @property
-    def wants_statements(self) -> bool:
-        """Whether `statement` events are kept (`every_statement: true`)."""
-        return self.every_statement
-
-    @property
-    def queue_depth(self) -> int:
-        return len(self._queue)
-
-    def record(self, event: str, **fields: Any) -> bool:
-        """Queue one entry (never blocks); False when it was not kept (see the module doc)."""
-        if event not in CALLER_EVENTS:
-            raise ValueError(f"unknown audit event {event!r}")
-        if event == "statement" and not self.every_statement:
-            return False
-        if self._closing or len(self._queue) >= self.queue_capacity:
-            self._drop()
-            return False
-        self._queue.append((self._wall(), event, fields))
-        if not self._wakeup.is_set():
-            self._wakeup.set()
-        return True
+    def _entry(self, event: str, fields: dict[str, Any]) -> tuple:
+        return (self._wall(), event, fields)
 
     async def record_wait(self, event: str, **fields: Any) -> bool:
         """Like record(), but wait for queue space instead of dropping (needs a started log)."""
