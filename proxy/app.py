@@ -117,6 +117,7 @@ class App:
             await self.stopped.wait()
         finally:
             expiry.cancel()
+            self._row_check.cancel()  # a check still waiting for an unreachable backend
             self.listener.close()
             for pool in self.pools.values():
                 pool.close()

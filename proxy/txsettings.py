@@ -75,6 +75,10 @@ class TransactionSettings:
     def ready(self, status: int, failed: bool) -> None:
         """ReadyForQuery: outside a transaction, what is still pending committed, unless
         the request failed or the transaction before was aborted (it rolled back)."""
+        if status == IDLE and self.status == IDLE and len(self.levels) == 1 \
+                and not self.levels[0][1]:
+            self.in_block = False  # the common case on every query: nothing pending
+            return
         if status == IDLE:
             if failed or self.status == FAILED:
                 self._rollback()
