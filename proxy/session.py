@@ -26,6 +26,7 @@ from proxy.replies import READY, ReplyTracker
 from proxy.txsettings import TransactionSettings
 
 FAILED = ord("E")  # ReadyForQuery: inside a failed transaction block
+HELD_BYTES = 1 << 16  # client bytes kept while it waits for a server, before reading pauses
 
 
 class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
@@ -71,7 +72,8 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
         # The message that asked for a server connection, handled once it is attached;
         # the messages after it wait in the reader (reading is paused meanwhile).
         self.held: tuple[int, bytes] | None = None
-        self.leasing: asyncio.Task | None = None
+        self.leasing = None  # while a lease is under way: its Task or pool Waiter (cancel())
+        self.reading_paused = False  # stopped reading a client that sent on while waiting
         self.statements: dict = {}
         self.unnamed = None
         self._server_out: list[bytes] = []
@@ -92,7 +94,13 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
             if self.relaying:
                 self.tm.bytes_in(len(data))
                 self.reader.feed(data)
-                self._process_client_messages()
+                if self.leasing is None:
+                    self._process_client_messages()
+                elif self.reader.pending() > HELD_BYTES and not self.reading_paused:
+                    # Waiting for a server: what the client sends on stays in the reader,
+                    # up to a bound (reading is not paused for each wait: two syscalls).
+                    self.reading_paused = True
+                    self.transport.pause_reading()
             elif self.message_waiter is not None:
                 self.reader.feed(data)
                 _wake(self.message_waiter)
@@ -321,18 +329,41 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
     # -- leasing ----------------------------------------------------------------------
 
     def _ensure_server(self, mtype: int, raw: bytes) -> bool:
-        """True if a server connection is attached; else queue the message and lease one."""
+        """True if a server connection is attached; else hold the message and lease one."""
         if self.server is not None:
             return True
+        pool = self.pool
         paused = self.app.pauses.holds(self.tenant)  # PAUSE: take nothing, wait in _lease
-        conn = None if paused else self.pool.take_idle(self.plan.context_key)
+        conn = None if paused else pool.take_idle(self.plan.context_key)
         if conn is not None and is_ready_for(conn, self.plan, self.params):
             self._attach(conn)
             return True
         self.held = (mtype, raw)
-        self.transport.pause_reading()
-        self.leasing = asyncio.get_running_loop().create_task(self._lease(conn))
+        if conn is None and not paused and pool.full:
+            # The common wait under load: `release` hands the next free connection to
+            # `_handed_over` directly, no task and no future in between.
+            self.leasing = pool.wait(self._handed_over, self._lease_failed)
+        else:  # open a connection, reset one, or wait out a PAUSE: a coroutine's work
+            self.leasing = asyncio.get_running_loop().create_task(self._lease(conn))
         return False
+
+    def _handed_over(self, conn) -> None:
+        """The pool gives this waiting session a connection (from another's release)."""
+        self.leasing = None
+        if self.closed:
+            self.pool.release(conn)
+        elif is_ready_for(conn, self.plan, self.params):
+            self._attach(conn)
+            self._resume_after_lease()
+        else:
+            self.leasing = asyncio.get_running_loop().create_task(self._lease(conn))
+
+    def _lease_failed(self, error: Exception) -> None:
+        self.leasing = None
+        if isinstance(error, ProxyError):
+            self.fail(error if error.fatal else _as_fatal(error))
+        else:
+            self.fail(FatalError(f"could not lease a server connection: {error}"))
 
     async def _lease(self, conn) -> None:
         try:
@@ -341,8 +372,7 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
                 conn = None
             conn = await checkout(self.pool, self.plan, self.params, conn)
         except ProxyError as exc:
-            self.leasing = None
-            self.fail(exc if exc.fatal else _as_fatal(exc))
+            self._lease_failed(exc)
             return
         self.leasing = None
         if self.closed:
@@ -358,7 +388,9 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
         held, self.held = self.held, None
         try:
             self._handle(*held)
-            self.transport.resume_reading()
+            if self.reading_paused:
+                self.reading_paused = False
+                self.transport.resume_reading()
             self._process_client_messages()
         except ProxyError as exc:
             self.fail(exc)

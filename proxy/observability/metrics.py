@@ -177,7 +177,7 @@ class Metrics:
     # -- what the app registers ---------------------------------------------------------
 
     def watch_pools(self, pools: Callable[[], Iterable[Any]]) -> None:
-        """`pools()` returns the live Pool objects (cluster, database, size, idle, waiters)."""
+        """`pools()` returns the live Pool objects (cluster, database, size, idle, waiting)."""
         self._pools = pools
 
     def watch_analyzer(self, analyzer: Callable[[], Any]) -> None:
@@ -209,7 +209,7 @@ class Metrics:
             row["idle"] += idle
             row["size"] += pool.size
             row["max"] = max(row["max"], pool.cluster.pool_size)
-            row["waiting"] += sum(1 for waiter in pool.waiters if not waiter.done())
+            row["waiting"] += pool.waiting
         return [rows[key] for key in sorted(rows)]
 
     def analyzer(self) -> Any:

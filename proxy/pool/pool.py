@@ -2,22 +2,78 @@
 
 LIFO reuse with tenant affinity, at most `pool_size` connections, a bounded wait for a
 free one, idle and lifetime expiry. Connections are handed to waiters in arrival order.
-A released connection goes straight to the oldest waiter, without a trip through `idle`.
+A released connection goes straight to the oldest waiter, without a trip through `idle`
+and without a scheduling hop: `release` calls the waiter's callback at once (a session
+waiting for a server goes on with its held message in the same call). One timer per pool
+ends the waits that outlast `wait_timeout`, so a wait costs no timer of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import time
 from collections.abc import Callable
 
 from proxy.config import Cluster
-from proxy.errors import PoolTimeout
+from proxy.errors import ConnectionUnavailable, PoolTimeout
 from proxy.pool.server import ServerConnection, open_server_connection
 
 AFFINITY_SCAN = 8  # idle connections looked at for one already in the tenant's state
+
+
+class Waiter:
+    """One wait for a connection: `deliver(conn)` or `fail(error)` is called once, unless
+    `cancel()` came first. Deadlines grow in arrival order (one `wait_timeout` per pool)."""
+
+    __slots__ = ("on_conn", "on_error", "deadline", "cancelled")
+
+    def __init__(self, on_conn: Callable[[ServerConnection], None],
+                 on_error: Callable[[Exception], None], deadline: float) -> None:
+        self.on_conn = on_conn
+        self.on_error = on_error
+        self.deadline = deadline
+        self.cancelled = False
+
+    @property
+    def waiting(self) -> bool:
+        return not self.cancelled
+
+    def cancel(self) -> None:
+        self.cancelled = True  # left in the queue; skipped when its turn comes
+
+    def deliver(self, conn: ServerConnection) -> bool:
+        """Hand `conn` over; False if this wait was given up (the caller keeps `conn`)."""
+        if self.cancelled:
+            return False
+        self.cancelled = True
+        self.on_conn(conn)
+        return True
+
+    def fail(self, error: Exception) -> None:
+        if not self.cancelled:
+            self.cancelled = True
+            self.on_error(error)
+
+
+class FutureWaiter(Waiter):
+    """A wait of a coroutine (`Pool.acquire`): delivered through a future."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: asyncio.Future, deadline: float) -> None:
+        super().__init__(future.set_result, future.set_exception, deadline)
+        self.future = future
+
+    @property
+    def waiting(self) -> bool:
+        return not self.cancelled and not self.future.done()
+
+    def deliver(self, conn: ServerConnection) -> bool:
+        if self.future.done():  # the awaiting task was cancelled
+            self.cancelled = True
+            return False
+        return super().deliver(conn)
 
 
 class Pool:
@@ -25,12 +81,22 @@ class Pool:
         self.cluster = cluster
         self.database = database
         self.idle: list[ServerConnection] = []  # most recently used last
-        self.waiters: collections.deque[asyncio.Future] = collections.deque()
+        self.waiters: collections.deque[Waiter] = collections.deque()
         self.size = 0  # open or opening connections
         self.server_params: dict[str, str] | None = None  # ParameterStatus of a fresh connection
         self.retired = False  # replaced by a reload: close connections as they come back
         self._opening: set[asyncio.Task] = set()
         self._cancels: set[asyncio.Task] = set()
+        self._expiry: asyncio.TimerHandle | None = None  # ends the oldest wait on time
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for waiter in self.waiters if waiter.waiting)
+
+    @property
+    def full(self) -> bool:
+        """No idle connection and no room to open one: a new request must wait."""
+        return not self.idle and self.size >= self.cluster.pool_size
 
     @property
     def active(self) -> int:
@@ -54,30 +120,50 @@ class Pool:
             return conn
         if self.size < self.cluster.pool_size:
             return await self._open()
-        waiter = asyncio.get_running_loop().create_future()
-        self.waiters.append(waiter)
-        got = False
+        future = asyncio.get_running_loop().create_future()
+        waiter = FutureWaiter(future, self._deadline())
+        self._enqueue(waiter)
         try:
-            async with asyncio.timeout(self.cluster.wait_timeout):
-                conn = await waiter
-            got = True
-            return conn
-        except TimeoutError:
-            raise PoolTimeout(
-                f"no server connection became free within {self.cluster.wait_timeout:g} s",
-                rule="pool-wait-timeout") from None
-        finally:
-            if not got:
-                self._abandon(waiter)
-
-    def _abandon(self, waiter: asyncio.Future) -> None:
-        """The waiter gave up; if a connection was handed over meanwhile, take it back."""
-        with contextlib.suppress(ValueError):
-            self.waiters.remove(waiter)
-        if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-            self.release(waiter.result())
-        elif not waiter.done():
+            return await future
+        except BaseException:
             waiter.cancel()
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self.release(future.result())  # handed over just as the caller gave up
+            raise
+
+    def wait(self, on_conn: Callable[[ServerConnection], None],
+             on_error: Callable[[Exception], None]) -> Waiter:
+        """Queue a callback wait (the pool is `full`): `on_conn` gets the next free
+        connection, called from `release` itself; `on_error` gets PoolTimeout after
+        `wait_timeout` or why a connection could not be opened. `cancel()` it to give up."""
+        waiter = Waiter(on_conn, on_error, self._deadline())
+        self._enqueue(waiter)
+        return waiter
+
+    def _deadline(self) -> float:
+        return asyncio.get_running_loop().time() + self.cluster.wait_timeout
+
+    def _enqueue(self, waiter: Waiter) -> None:
+        self.waiters.append(waiter)
+        if self._expiry is None:
+            self._arm_expiry(waiter.deadline)
+
+    def _arm_expiry(self, deadline: float) -> None:
+        self._expiry = asyncio.get_running_loop().call_at(deadline, self._expire_waits)
+
+    def _expire_waits(self) -> None:
+        """Fail the waits whose deadline passed (the oldest first); re-arm for the next."""
+        self._expiry = None
+        now = asyncio.get_running_loop().time()
+        waiters = self.waiters
+        while waiters and (not waiters[0].waiting or waiters[0].deadline <= now):
+            waiter = waiters.popleft()
+            if waiter.waiting:
+                waiter.fail(PoolTimeout(
+                    f"no server connection became free within {self.cluster.wait_timeout:g} s",
+                    rule="pool-wait-timeout"))
+        if waiters:
+            self._arm_expiry(waiters[0].deadline)
 
     async def _open(self) -> ServerConnection:
         self.size += 1
@@ -100,10 +186,9 @@ class Pool:
         if conn.closed or not conn.reusable or self.retired or self._too_old(conn):
             self.discard(conn)
             return
-        while self.waiters:
-            waiter = self.waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(conn)
+        waiters = self.waiters
+        while waiters:
+            if waiters.popleft().deliver(conn):
                 return
         self.idle.append(conn)
 
@@ -140,24 +225,21 @@ class Pool:
         """A slot became free: open a connection for the oldest waiter, if any."""
         while self.waiters and self.size < self.cluster.pool_size:
             waiter = self.waiters.popleft()
-            if waiter.done():
+            if not waiter.waiting:
                 continue
             task = asyncio.get_running_loop().create_task(self._open_for(waiter))
             self._opening.add(task)
             task.add_done_callback(self._opening.discard)
             return
 
-    async def _open_for(self, waiter: asyncio.Future) -> None:
+    async def _open_for(self, waiter: Waiter) -> None:
         try:
             conn = await self._open()
         except Exception as exc:  # the waiter gets the reason
-            if not waiter.done():
-                waiter.set_exception(exc)
+            waiter.fail(exc)
             return
-        if waiter.done():
+        if not waiter.deliver(conn):
             self.release(conn)
-        else:
-            waiter.set_result(conn)
 
     def _too_old(self, conn: ServerConnection) -> bool:
         return time.monotonic() - conn.created_at > self.cluster.max_lifetime
@@ -184,6 +266,10 @@ class Pool:
         self.retired = True
         while self.idle:
             self.discard(self.idle.pop())
-        for waiter in self.waiters:
-            if not waiter.done():
-                waiter.cancel()
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        waiters, self.waiters = self.waiters, collections.deque()
+        for waiter in waiters:
+            waiter.fail(ConnectionUnavailable("the server pool was replaced by a configuration "
+                                              "reload; reconnect"))

@@ -72,7 +72,7 @@ def fake_traffic() -> Metrics:
     globex.refusal("forbidden-function", shape=XSS_SHAPE, sqlstate="42501")
     metrics.login_refused("unknown-tenant", tenant=XSS_TENANT, login="app")
     pool = types.SimpleNamespace(cluster=types.SimpleNamespace(name="main", pool_size=20),
-                                 database="acme", size=5, idle=[object()] * 2, waiters=[])
+                                 database="acme", size=5, idle=[object()] * 2, waiting=0)
     metrics.watch_pools(lambda: [pool])
     return metrics
 

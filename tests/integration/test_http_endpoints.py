@@ -31,7 +31,7 @@ def busy_metrics() -> Metrics:
                  sqlstate="42P01")
     metrics.login_refused("bad-password", tenant="globex", login="app")
     pool = types.SimpleNamespace(cluster=types.SimpleNamespace(name="main", pool_size=4),
-                                 database="acme", size=3, idle=[object()], waiters=[])
+                                 database="acme", size=3, idle=[object()], waiting=0)
     metrics.watch_pools(lambda: [pool])
     return metrics
 

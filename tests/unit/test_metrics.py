@@ -37,11 +37,9 @@ class FakeAnalyzer:
 
 def fake_pool(cluster: str, database: str, size: int, idle: int, waiting: int,
               pool_size: int = 20) -> types.SimpleNamespace:
-    waiter = types.SimpleNamespace(done=lambda: False)
-    finished = types.SimpleNamespace(done=lambda: True)  # a waiter that already gave up
     return types.SimpleNamespace(cluster=types.SimpleNamespace(name=cluster, pool_size=pool_size),
                                  database=database, size=size, idle=[object()] * idle,
-                                 waiters=[waiter] * waiting + [finished])
+                                 waiting=waiting)
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple], float]:

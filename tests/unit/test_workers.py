@@ -47,10 +47,9 @@ def test_cancel_key_pids_use_the_whole_range() -> None:
 # -- metrics of several workers ------------------------------------------------------------------
 
 def fake_pool(size: int, idle: int, waiting: int) -> types.SimpleNamespace:
-    waiter = types.SimpleNamespace(done=lambda: False)
     return types.SimpleNamespace(cluster=types.SimpleNamespace(name="main", pool_size=20),
                                  database="acme", size=size, idle=[object()] * idle,
-                                 waiters=[waiter] * waiting)
+                                 waiting=waiting)
 
 
 class FakeAnalyzer:
