@@ -206,3 +206,42 @@ async def test_no_connection_within_wait_timeout_is_53300_and_the_holder_keeps_w
         await transaction.commit()
     finally:
         await holder.close()
+
+
+async def test_a_waiting_client_that_pipelines_past_the_held_bound_gets_every_answer_in_order(
+        proxy_factory):
+    """pool_size 1: while the only connection is held in a transaction, a raw client sends
+    3,000 Query messages at once (~200 KB, past the 64 KiB the session keeps before it
+    stops reading a waiting client). At COMMIT it is handed the connection and every
+    query is answered, in order, with its own value."""
+    from tests.helpers import message, raw_login, read_message
+
+    small = proxy_factory(pool_size=1)
+    holder = await small.aconnect("app.acme", APP)
+    transaction = holder.transaction()
+    await transaction.start()
+    await holder.fetchval("SELECT 1")
+    count = 5000
+    queries = b"".join(message(b"Q", f"SELECT {n} AS n, repeat('x', 40) AS pad\0".encode())
+                       for n in range(count))
+    assert len(queries) > 3 * 65536
+    sock = await asyncio.to_thread(raw_login, "127.0.0.1", small.port, "app.acme", APP)
+
+    def send_then_read() -> list[int]:
+        sock.sendall(queries)  # returns once the kernel buffers hold the rest
+        values = []
+        while len(values) < count:
+            kind, body = read_message(sock)
+            assert kind != "E", body
+            if kind == "D":
+                values.append(int(body[6:6 + int.from_bytes(body[2:6], "big")]))
+        return values
+
+    try:
+        reading = asyncio.create_task(asyncio.to_thread(send_then_read))
+        assert await holder.fetchval("SELECT count(*) FROM items") == 3  # still its own
+        await transaction.commit()
+        assert await asyncio.wait_for(reading, 60) == list(range(count))
+    finally:
+        sock.close()
+        await holder.close()
