@@ -13,6 +13,7 @@ import asyncio
 from proxy.observability.audit import AuditLog, shape_of
 from proxy.observability.http import HttpServer
 from proxy.observability.metrics import Metrics
+from proxy.pool.server import open_stream
 
 PROBE_TIMEOUT = 1.0  # seconds for the readiness probe to reach a backend
 
@@ -116,7 +117,7 @@ async def _reachable(hosts) -> bool:
     for host, port in hosts:
         try:
             async with asyncio.timeout(PROBE_TIMEOUT):
-                _, writer = await asyncio.open_connection(host, port)
+                _, writer = await open_stream(host, port)
             writer.close()
             return True
         except (OSError, TimeoutError):

@@ -174,7 +174,7 @@ class ServerConnection(asyncio.Protocol):
         sent = False
         try:
             async with asyncio.timeout(CANCEL_TIMEOUT):
-                reader, writer = await asyncio.open_connection(self.host, self.port)
+                reader, writer = await open_stream(self.host, self.port)
                 try:
                     writer.write(encode_cancel_request(self.backend_pid, self.backend_key))
                     sent = True
@@ -254,6 +254,22 @@ class ServerConnection(asyncio.Protocol):
                 return
 
 
+def is_unix_socket(host: str) -> bool:
+    """A host that is a directory names PostgreSQL's Unix-domain socket, as in libpq."""
+    return host.startswith("/")
+
+
+def socket_path(host: str, port: int) -> str:
+    return f"{host.rstrip('/')}/.s.PGSQL.{port}"
+
+
+async def open_stream(host: str, port: int):
+    """(reader, writer) to `host:port`, or to the Unix socket when `host` is a directory."""
+    if is_unix_socket(host):
+        return await asyncio.open_unix_connection(socket_path(host, port))
+    return await asyncio.open_connection(host, port)
+
+
 def _client_ssl_context(mode: str, ca_file: str | None) -> ssl.SSLContext:
     """verify-full: the server's certificate must chain to `ca_file` (the system CAs when
     None) and name the host; prefer/require: encrypted, not verified, as libpq does."""
@@ -273,8 +289,13 @@ async def open_server_connection(cluster, database: str) -> ServerConnection:
         conn = ServerConnection(host, port)
         try:
             async with asyncio.timeout(cluster.connect_timeout):
-                await loop.create_connection(lambda: conn, host, port)
-                if cluster.tls != "disable":
+                if is_unix_socket(host):
+                    await loop.create_unix_connection(lambda: conn, socket_path(host, port))
+                else:
+                    await loop.create_connection(lambda: conn, host, port)
+                # TLS is not negotiated over a Unix socket (libpq does not either): the
+                # kernel carries the bytes, nothing on a network can read them.
+                if cluster.tls != "disable" and not is_unix_socket(host):
                     await conn.negotiate_tls(cluster.tls, cluster.tls_ca)
                 await conn.startup(cluster.user, cluster.password, database)
             _check_pinned(conn)
