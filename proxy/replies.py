@@ -91,8 +91,9 @@ class ReplyTracker:
 
     def on_ready(self) -> Expect | None:
         """A ReadyForQuery arrived: the entry it answers (None if unexpected)."""
-        self._skip_to_ready()
         queue = self.queue
+        if queue and queue[0].replies is not READY:
+            self._skip_to_ready()
         if not queue:
             return None
         self.pending_syncs -= 1
@@ -115,8 +116,10 @@ class ReplyTracker:
 
     def take_synthetic(self) -> bytes:
         """Proxy answers that are now at the front of the queue."""
-        out = []
         queue = self.queue
+        if not queue or queue[0].synthetic is None:  # the common case, once per reply
+            return b""
+        out = []
         while queue and queue[0].synthetic is not None:
             out.append(queue.popleft().synthetic)
         return b"".join(out)

@@ -86,8 +86,16 @@ def _only_string(raw: bytes, kind: int, what: str) -> str:
 # --- client -> proxy ----------------------------------------------------------
 
 def decode_query(raw: bytes) -> str:
-    """Query ('Q'): the SQL text. A NUL anywhere but the last byte is 08P01."""
-    return _only_string(raw, c.QUERY, "Query")
+    """Query ('Q'): the SQL text. A NUL anywhere but the last byte is 08P01.
+    (`_only_string` written out: this runs for every simple-protocol statement.)"""
+    n = len(raw)
+    if n < 6 or raw[0] != c.QUERY or _unpack_i32(raw, 1)[0] != n - 1 \
+            or raw.find(b"\x00", 5) != n - 1:
+        raise _bad("Query")
+    try:
+        return raw[5:-1].decode("utf-8")
+    except UnicodeDecodeError:
+        return _utf8(raw[5:-1])  # raises InvalidEncoding
 
 
 def decode_parse(raw: bytes) -> Parse:
