@@ -22,6 +22,7 @@ _I32 = struct.Struct("!i")
 _U16 = struct.Struct("!H")
 _unpack_i32 = _I32.unpack_from
 _unpack_u16 = _U16.unpack_from
+_unpack_i16 = struct.Struct("!h").unpack_from
 _ROW_FIELD_TAIL = 18  # table oid, attnum, type oid, typlen, typmod, format
 
 
@@ -130,6 +131,28 @@ def decode_bind(raw: bytes) -> Bind:
     if statement_end < 0 or _bind_values_end(raw, statement_end + 1, n) != n:
         raise _bad("Bind")
     return _new_bind((_utf8(raw[5:portal_end]), _utf8(raw[portal_end + 1:statement_end])))
+
+
+def bind_parameters(raw: bytes) -> list[tuple[int, bytes | None]]:
+    """Bind's parameters as (format code, value or None for NULL), 0 = text, 1 = binary.
+
+    For a Bind that `decode_bind` accepted; copies the values, so only the few statements
+    whose parameters the proxy must see (the tenant column's) are decoded this way."""
+    pos = raw.find(b"\x00", raw.find(b"\x00", 5) + 1) + 1
+    format_count = _unpack_u16(raw, pos)[0]
+    formats = [_unpack_i16(raw, pos + 2 + 2 * i)[0] for i in range(format_count)]
+    pos += 2 + 2 * format_count
+    count = _unpack_u16(raw, pos)[0]
+    pos += 2
+    params = []
+    for index in range(count):
+        size = _unpack_i32(raw, pos)[0]
+        pos += 4
+        value = None if size < 0 else raw[pos:pos + size]
+        pos += max(size, 0)
+        fmt = formats[0] if format_count == 1 else formats[index] if format_count else 0
+        params.append((fmt, value))
+    return params
 
 
 def _bind_values_end(raw: bytes, pos: int, n: int) -> int:

@@ -18,6 +18,7 @@ from proxy.protocol.decoders import (  # noqa: F401  (re-exported)
     Bind,
     Parse,
     bind_names_end,
+    bind_parameters,
     check_empty,
     decode_authentication,
     decode_backend_key_data,

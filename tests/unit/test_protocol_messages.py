@@ -346,3 +346,32 @@ def test_decoders_on_random_bytes_raise_only_proxy_errors(body):
 def test_decode_error_fields_never_raises_on_content(body):
     fields = m.decode_error_fields(msg("E", body))
     assert "C" in fields
+
+
+def _bind_with_formats(formats: list[int], values: list[bytes | None]) -> bytes:
+    body = [b"portal\x00stmt\x00", struct.pack("!H", len(formats)),
+            *(struct.pack("!h", f) for f in formats), struct.pack("!H", len(values))]
+    for value in values:
+        body.append(b"\xff\xff\xff\xff" if value is None
+                    else struct.pack("!i", len(value)) + value)
+    body.append(b"\x00\x01\x00\x01")  # one result format code: binary
+    payload = b"".join(body)
+    return b"B" + struct.pack("!i", len(payload) + 4) + payload
+
+
+@given(st.lists(st.one_of(st.none(), st.binary(max_size=20)), max_size=6), st.data())
+def test_bind_parameters_reads_every_value_with_its_format(values, data):
+    """No format codes: all text; one: all that format; else one per parameter."""
+    kind = data.draw(st.sampled_from(["none", "one", "each"]))
+    if kind == "none" or not values:
+        formats, expected = [], [0] * len(values)
+    elif kind == "one":
+        formats = [data.draw(st.sampled_from([0, 1]))]
+        expected = formats * len(values)
+    else:
+        formats = data.draw(st.lists(st.sampled_from([0, 1]), min_size=len(values),
+                                     max_size=len(values)))
+        expected = formats
+    raw = _bind_with_formats(formats, values)
+    assert m.decode_bind(raw) == ("portal", "stmt")  # well formed, as the session checks first
+    assert m.bind_parameters(raw) == list(zip(expected, values))
