@@ -5,12 +5,17 @@ tree, and changes it in place:
 
 * every reference to a tenant table that reads it (FROM lists, JOINs of every kind,
   subqueries wherever they hide, LATERAL, set operations, CTEs, `TABLE t`, `ONLY t`)
-  becomes the derived table `(SELECT * FROM s.t WHERE t.<col> = '<key>') AS <alias or t>`:
-  a join keeps its meaning (the filter sits inside the nullable side, THREATS 29). The
-  planner pulls the derived table up, so the tenant's indexes serve the outer quals — and
-  may run those quals before the tenant filter: that qual-ordering leak (THREATS 30) is
-  what RLS (`enforce: both`) closes and `rewrite` alone does not, as DESIGN.md says. (An
-  `OFFSET 0` fence would close it only by scanning all of a tenant's rows on every query.);
+  is confined at its own query level by `rewrite_filters`: it stays a schema-qualified
+  reference to the table and `<refname>.<col> = '<key>'` is AND-ed into that level's
+  WHERE — or, on the nullable side of a LEFT/RIGHT join, into that join's ON, so the
+  join keeps its meaning (THREATS 29). Where such a filter is not certainly right (FULL
+  and NATURAL/USING joins, join aliases, column aliases, a MERGE source, …) the table
+  becomes the derived table `(SELECT * FROM s.t WHERE t.<col> = '<key>') AS <refname>`.
+  Either way the planner applies the filter at the table's scan, so the tenant's indexes
+  serve — and may run the user's other quals before it: that qual-ordering leak
+  (THREATS 30) is what RLS (`enforce: both`) closes and `rewrite` alone does not, as
+  DESIGN.md says. (An `OFFSET 0` fence would close it only by scanning all of a tenant's
+  rows on every query.);
 * shared tables are read as they are, qualified with the schema they resolved to;
 * a name that is neither a tenant nor a shared table (views included, THREATS 31), and
   is not a CTE or an allowlisted catalog, is refused like a missing relation (42P01);
@@ -58,6 +63,8 @@ class RowContext(Context):
     # a cached template must see the same literal there again.
     key_literals: set[int] = field(default_factory=set)
     compared: bool = False  # a client literal was compared with the key (allowed or not)
+    # (schema, table) of the tenant tables the statement reads through a derived table
+    derived: set[tuple[str, str]] = field(default_factory=set)
 
     @property
     def catalog(self) -> RowCatalog:
@@ -146,11 +153,19 @@ def tenant_predicate(ctx: RowContext, relation: str) -> dict[str, Any]:
                        "rexpr": string_const(ctx.key)}}
 
 
-def conjoin(condition: Any, predicate: dict[str, Any]) -> dict[str, Any]:
-    """`condition AND predicate` (the predicate alone when there is no condition)."""
+def conjoin(condition: Any, *predicates: dict[str, Any]) -> Any:
+    """`condition AND predicate AND …` as one flat AND, so that every predicate is a
+    top-level conjunct however the condition was built (`a OR b` stays one argument)."""
+    item = unwrap(condition)
     if not condition:
-        return predicate
-    return {"BoolExpr": {"boolop": "AND_EXPR", "args": [condition, predicate]}}
+        args = list(predicates)
+    elif item is not None and item[0] == "BoolExpr" and item[1].get("boolop") == "AND_EXPR":
+        args = [*(item[1].get("args") or ()), *predicates]
+    else:
+        args = [condition, *predicates]
+    if len(args) == 1:
+        return args[0]
+    return {"BoolExpr": {"boolop": "AND_EXPR", "args": args}}
 
 
 def simple_select(targets: list[Any], from_items: list[Any], **extra: Any) -> dict[str, Any]:
@@ -182,6 +197,7 @@ def apply(ctx: Context, kind: str, fields: dict[str, Any]) -> None:
         return
     from proxy.sql import rewrite_dml  # the DML rules build on this module
 
+    ctx.derived.clear()
     if kind == "SelectStmt":
         select(ctx, fields, NO_CTES, top=True)
     elif kind in DML_KINDS:
@@ -191,22 +207,29 @@ def apply(ctx: Context, kind: str, fields: dict[str, Any]) -> None:
     else:
         raise NotSupported(f"{kind} cannot be rewritten for the row strategy",
                            rule="row-strategy")
+    if ctx.derived:
+        unqualify(ctx, fields)
 
 
 def select(ctx: RowContext, fields: dict[str, Any], ctes: Ctes, top: bool = False) -> None:
     """A SELECT (or VALUES, or a set operation) at any nesting level."""
+    from proxy.sql import rewrite_filters  # the FROM-list rules build on this module
+
     if fields.get("intoClause"):
         raise PolicyDenied("SELECT … INTO is not allowed", rule="statement-type")
     ctes = with_clause(ctx, fields.get("withClause"), ctes, top)
+    filters: list[Any] = []
     for key, value in fields.items():
         if key in ("withClause", "lockingClause", "intoClause") or not value:
             continue
         if key in ("larg", "rarg"):
             select(ctx, value, ctes)
         elif key == "fromClause":
-            fields[key] = [from_item(ctx, item, ctes) for item in value]
+            fields[key], filters = rewrite_filters.level(ctx, value, ctes, where=True)
         else:
             expr(ctx, value, ctes)
+    if filters:  # after the loop: the WHERE may be a key the statement did not have
+        fields["whereClause"] = conjoin(fields.get("whereClause"), *filters)
 
 
 def with_clause(ctx: RowContext, with_fields: dict[str, Any] | None, ctes: Ctes,
@@ -261,57 +284,6 @@ def _ctes(with_fields: dict[str, Any]) -> list[dict[str, Any]]:
     return items
 
 
-def from_item(ctx: RowContext, node: Any, ctes: Ctes) -> Any:
-    """One FROM-list (or USING, or MERGE source) item, rewritten; returns its replacement."""
-    item = unwrap(node)
-    if item is None:
-        raise NotSupported("a FROM item of this form is not supported", rule="node-allowlist")
-    kind, fields = item
-    if kind == "RangeVar":
-        return relation(ctx, fields, ctes, node)
-    if kind == "JoinExpr":
-        fields["larg"] = from_item(ctx, fields.get("larg"), ctes)
-        fields["rarg"] = from_item(ctx, fields.get("rarg"), ctes)
-        expr(ctx, fields.get("quals"), ctes)
-        return node
-    if kind == "RangeTableSample":
-        return _sample(ctx, fields, ctes, node)
-    if kind in ("RangeSubselect", "RangeFunction", "RangeTableFunc", "JsonTable"):
-        children(ctx, kind, fields, ctes)
-        return node
-    raise NotSupported(f"{kind} in FROM is not supported for the row strategy",
-                       rule="node-allowlist")
-
-
-def relation(ctx: RowContext, rv: dict[str, Any], ctes: Ctes, node: Any) -> Any:
-    found = resolve(ctx, rv, ctes)
-    if found is None:
-        return node
-    ctx.changed = True
-    if found.table is None:
-        rv["schemaname"] = found.schema
-        return node
-    return derived_table(ctx, found, rv)
-
-
-def _sample(ctx: RowContext, fields: dict[str, Any], ctes: Ctes, node: Any) -> Any:
-    """`t TABLESAMPLE m(…)`: the sample moves inside the derived table."""
-    expr(ctx, fields.get("args"), ctes)
-    expr(ctx, fields.get("repeatable"), ctes)
-    inner = unwrap(fields.get("relation"))
-    if inner is None or inner[0] != "RangeVar":
-        raise NotSupported("TABLESAMPLE of this form is not supported", rule="node-allowlist")
-    found = resolve(ctx, inner[1], ctes)
-    if found is None:
-        return node
-    ctx.changed = True
-    if found.table is None:
-        inner[1]["schemaname"] = found.schema
-        return node
-    sample = {k: v for k, v in fields.items() if k != "relation"}
-    return derived_table(ctx, found, inner[1], sample=sample)
-
-
 def expr(ctx: RowContext, node: Any, ctes: Ctes) -> None:
     """Any expression or clause: find the queries inside it (sublinks, …)."""
     if isinstance(node, list):
@@ -327,9 +299,6 @@ def expr(ctx: RowContext, node: Any, ctes: Ctes) -> None:
 
 
 def visit(ctx: RowContext, kind: str, fields: dict[str, Any], ctes: Ctes) -> None:
-    if kind == "ColumnRef":
-        unqualify(ctx, fields)
-        return
     if kind in _LEAVES or kind in _NO_REACH:
         return
     if kind == "SelectStmt":
@@ -341,21 +310,33 @@ def visit(ctx: RowContext, kind: str, fields: dict[str, Any], ctes: Ctes) -> Non
         children(ctx, kind, fields, ctes)
 
 
-def unqualify(ctx: RowContext, fields: dict[str, Any]) -> None:
-    """`schema.table.column` (or `schema.table.*`) where schema.table is a tenant table:
-    the derived table that replaced the table is called `table`, and a schema-qualified
-    name cannot refer to a derived table, so the reference drops the schema. (A column
-    reference reads nothing by itself: this changes what resolves, never what is read.)"""
+def unqualify(ctx: RowContext, node: Any) -> None:
+    """`schema.table.column` (or `schema.table.*`) anywhere in the statement, where
+    schema.table is a tenant table read through a derived table: that derived table is
+    called `table`, and a schema-qualified name cannot refer to a derived table, so the
+    reference drops the schema. Tables confined by a filter keep their name, and such
+    references resolve as they did. (A column reference reads nothing by itself: this
+    changes what resolves, never what is read.)"""
+    if isinstance(node, list):
+        for item in node:
+            unqualify(ctx, item)
+    elif isinstance(node, dict):
+        if len(node) == 1 and isinstance(node.get("ColumnRef"), dict):
+            _unqualify_column(ctx, node["ColumnRef"])
+            return
+        for value in node.values():
+            unqualify(ctx, value)
+
+
+def _unqualify_column(ctx: RowContext, fields: dict[str, Any]) -> None:
     names = fields.get("fields") or []
     if len(names) != 3:
         return
     parts = [unwrap(n) for n in names[:2]]
     if any(p is None or p[0] != "String" for p in parts):
         return
-    found = ctx.catalog.resolve(parts[0][1].get("sval", ""), parts[1][1].get("sval", ""))
-    if found is not None and found.table is not None:
+    if (parts[0][1].get("sval", ""), parts[1][1].get("sval", "")) in ctx.derived:
         fields["fields"] = names[1:]
-        ctx.changed = True
 
 
 def children(ctx: RowContext, kind: str, fields: dict[str, Any], ctes: Ctes) -> None:

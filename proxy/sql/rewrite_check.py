@@ -2,27 +2,43 @@
 
 The rewriter's output is deparsed, parsed again, run through the whole existing policy,
 and then through `verify_statement`, which proves on that final tree — not on the tree
-the rewriter built — that tenant rows are confined:
+the rewriter built, and by its own reading of it — that tenant rows are confined:
 
-* every read of a tenant table is the canonical derived table
-  `(SELECT * FROM s.t WHERE t.<col> = '<key>')`, and nothing else names one;
+* every reference to a tenant table that reads it is either the canonical derived table
+  `(SELECT * FROM s.t WHERE t.<col> = '<key>')`, or a schema-qualified reference without
+  column aliases that is a FROM item of a query level and is filtered there: the
+  filter `<refname>.<col> = '<key>'` is a top-level conjunct (AND) of
+  - the ON of the nearest LEFT/RIGHT join whose nullable side holds the item, when
+    there is one — then that join has an ON (not NATURAL or USING);
+  - else the level's WHERE (a MERGE source has none: its tables are derived tables);
+  and no FULL JOIN has the item on a nullable side below that place, no join alias
+  between the item and that place hides its name, and its refname is the only one of
+  its kind at the level (counting names a join alias hides, the DML target, and any
+  item whose name is not known), so the filter names that item and nothing else;
+* nothing else names a tenant table;
 * every UPDATE/DELETE/MERGE target carries `<target>.<col> = '<key>'` as a top-level
   conjunct of its WHERE / ON (and of every WHEN NOT MATCHED BY SOURCE condition), and
   no assignment writes the tenant column;
 * every INSERT (and MERGE INSERT) names the tenant column with the key as a literal,
   a parameter inside the exact guard the rewriter writes, or (INSERT … SELECT) the
-  tenant column of the SELECT's only FROM item, a canonical derived table; an
-  assignment of the tenant column (a no-op) holds the same.
+  tenant column of the SELECT's only FROM item, a filtered tenant table or a canonical
+  derived table; an assignment of the tenant column (a no-op) holds the same.
+
+A filter in the WHERE for an item on the nullable side of a LEFT/RIGHT join would
+confine it too (a null-extended row fails the filter), but it turns the join into an
+inner join — not what the rewriter writes, so it fails the check like any other form.
 
 Any doubt raises 0A000 rule "rewrite-check"; the statement is then never forwarded.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 from proxy.errors import NotSupported, ProxyError
-from proxy.sql import rewrite, rewrite_dml
+from proxy.sql import rewrite, rewrite_dml, rewrite_filters
 from proxy.sql.nodes import FIELD_TYPES, const_value, strings, unwrap
 from proxy.sql.rewrite import NO_CTES, Ctes, RowContext
 
@@ -33,6 +49,14 @@ _WRAPPER_FIELDS = frozenset({"targetList", "fromClause", "whereClause", "limitOp
 
 class CheckFailed(Exception):
     """The rewritten tree does not confine a tenant-table reference."""
+
+
+@dataclass(frozen=True)
+class _Filter:
+    """The condition (a WHERE or an ON) that must hold the filter of the tenant tables at
+    one FROM-tree position. A position without one (None) admits derived tables only."""
+
+    condition: Any
 
 
 def verify_statement(ctx: RowContext, kind: str, fields: dict[str, Any]) -> None:
@@ -63,17 +87,15 @@ def _statement(ctx: RowContext, kind: str, fields: dict[str, Any]) -> None:
 def _select(ctx: RowContext, fields: dict[str, Any], ctes: Ctes, top: bool = False) -> None:
     ctes = _with(ctx, fields.get("withClause"), ctes, top)
     for key, value in fields.items():
-        if key in ("withClause", "lockingClause") or not value:
+        if key in ("withClause", "lockingClause", "fromClause") or not value:
             continue
         if key in ("larg", "rarg"):
             _select(ctx, value, ctes)
-        elif key == "fromClause":
-            for item in value:
-                _from_item(ctx, item, ctes)
         elif key == "intoClause":
             raise CheckFailed("SELECT INTO")
         else:
             _walk(ctx, value, ctes)
+    _level(ctx, fields.get("fromClause") or [], ctes, _Filter(fields.get("whereClause")))
 
 
 def _with(ctx: RowContext, with_fields: dict[str, Any] | None, ctes: Ctes, top: bool) -> Ctes:
@@ -89,31 +111,86 @@ def _with(ctx: RowContext, with_fields: dict[str, Any] | None, ctes: Ctes, top: 
     return ctes | rewrite.cte_names(with_fields)
 
 
-def _from_item(ctx: RowContext, node: Any, ctes: Ctes) -> None:
+def _level(ctx: RowContext, items: list[Any], ctes: Ctes, where: _Filter | None,
+           taken: tuple[str, ...] = ()) -> Counter[str]:
+    """The FROM items of one query level: every tenant table in them is confined. `where`:
+    the level's WHERE (None: it has none); `taken`: the DML target's refname. Returns how
+    often each refname occurs at the level."""
+    names = rewrite_filters.refnames(items, taken)
+    reads: list[tuple[str, _Filter]] = []
+    for node in items:
+        _level_item(ctx, node, ctes, where, reads)
+    for ref, place in reads:
+        if names[ref] != 1 or names[rewrite_filters.UNNAMED]:
+            raise CheckFailed(f"the filter of {ref} may name another FROM item")
+        if not _has_conjunct(ctx, place.condition, ref):
+            raise CheckFailed(f"{ref} is not filtered where it must be")
+    return names
+
+
+def _level_item(ctx: RowContext, node: Any, ctes: Ctes, place: _Filter | None,
+                reads: list[tuple[str, _Filter]]) -> None:
+    """One item of a FROM tree; `place`: where the filter of a tenant table here must be.
+    Each filtered tenant table is added to `reads` (refname, place)."""
     kind, fields = unwrap(node) or ("", {})
     if kind == "RangeVar":
-        _read(ctx, fields, ctes)
+        _read(ctx, fields, ctes, place, reads)
+    elif kind == "RangeTableSample":
+        relation = unwrap(fields.get("relation"))
+        if relation is None or relation[0] != "RangeVar":
+            raise CheckFailed("TABLESAMPLE of this form")
+        _read(ctx, relation[1], ctes, place, reads)
+        _fields(ctx, kind, fields, ctes, skip=("relation",))
+    elif kind == "JoinExpr":
+        left, right = _join_places(fields, place)
+        _level_item(ctx, fields.get("larg"), ctes, left, reads)
+        _level_item(ctx, fields.get("rarg"), ctes, right, reads)
+        _walk(ctx, fields.get("quals"), ctes)
     elif kind == "RangeSubselect":
         if not _confined(ctx, fields):
-            _fields(ctx, kind, fields, ctes)
-    elif kind == "JoinExpr":
-        _from_item(ctx, fields.get("larg"), ctes)
-        _from_item(ctx, fields.get("rarg"), ctes)
-        _walk(ctx, fields.get("quals"), ctes)
-    elif kind == "RangeTableSample":
-        _read(ctx, unwrap(fields.get("relation"))[1], ctes)
-        _fields(ctx, kind, fields, ctes, skip=("relation",))
+            _fields(ctx, kind, fields, ctes)  # its query is a level of its own
     elif kind in ("RangeFunction", "RangeTableFunc", "JsonTable"):
         _fields(ctx, kind, fields, ctes)
     else:
         raise CheckFailed(f"{kind} in FROM")
 
 
-def _read(ctx: RowContext, rv: dict[str, Any], ctes: Ctes) -> None:
-    """A bare FROM-list relation: a CTE, a catalog, or a qualified shared table only."""
+def _join_places(fields: dict[str, Any], place: _Filter | None
+                 ) -> tuple[_Filter | None, _Filter | None]:
+    """Where the filters of each side's tenant tables must be: a preserved side's in the
+    join's own place, a nullable side's in the join's ON; none under a FULL JOIN's sides
+    (both preserved), a NATURAL or USING join's nullable side (no ON), or, for the join's
+    own place, under its alias (which hides the names below)."""
+    kept = None if fields.get("alias") else place
+    quals = fields.get("quals")
+    has_on = quals and not fields.get("isNatural") and not fields.get("usingClause")
+    nullable = _Filter(quals) if has_on else None
+    jointype = fields.get("jointype")
+    if jointype == "JOIN_INNER":
+        return kept, kept
+    if jointype == "JOIN_LEFT":
+        return kept, nullable
+    if jointype == "JOIN_RIGHT":
+        return nullable, kept
+    if jointype == "JOIN_FULL":
+        return None, None
+    raise CheckFailed(f"join type {jointype}")
+
+
+def _read(ctx: RowContext, rv: dict[str, Any], ctes: Ctes, place: _Filter | None,
+          reads: list[tuple[str, _Filter]]) -> None:
+    """A FROM-list relation: a CTE, a catalog, a qualified shared table, or a qualified
+    tenant table whose filter must be at `place`."""
     found = rewrite.resolve(ctx, rv, ctes)
-    if found is not None and (found.table is not None or rv.get("schemaname") is None):
+    if found is None:
+        return
+    if rv.get("schemaname") is None:
+        raise CheckFailed(f"unqualified relation {found.name}")
+    if found.table is None:
+        return
+    if place is None or (rv.get("alias") or {}).get("colnames"):
         raise CheckFailed(f"unconfined relation {found.name}")
+    reads.append((rewrite.ref_name(rv), place))
 
 
 def _confined(ctx: RowContext, fields: dict[str, Any]) -> bool:
@@ -140,12 +217,31 @@ def _confined(ctx: RowContext, fields: dict[str, Any]) -> bool:
     return _is_predicate(ctx, query.get("whereClause"), item[1]["relname"])
 
 
-def is_confined(ctx: RowContext, fields: dict[str, Any]) -> bool:
-    """`_confined` for the rewriter's INSERT … SELECT proof: False instead of raising."""
+def own_rows_source(ctx: RowContext, node: Any, where: Any) -> str | None:
+    """The refname of the only FROM item of an INSERT's SELECT when each of its rows is
+    one of the tenant's own (the rewriter's and the re-check's INSERT … SELECT proof):
+    a tenant table (or its TABLESAMPLE), qualified, without column aliases, filtered by a
+    top-level conjunct of `where`; or a canonical derived table, not LATERAL, with an
+    alias and no column aliases. None otherwise; never raises."""
     try:
-        return _confined(ctx, fields)
+        kind, fields = unwrap(node) or ("", {})
+        if kind == "RangeTableSample":
+            kind, fields = unwrap(fields.get("relation")) or ("", {})
+        alias = fields.get("alias") or {}
+        if alias.get("colnames"):
+            return None
+        if kind == "RangeSubselect":
+            confined = not fields.get("lateral") and _confined(ctx, fields)
+            return alias.get("aliasname") if confined else None
+        if kind != "RangeVar" or not fields.get("schemaname"):
+            return None
+        found = rewrite.resolve(ctx, fields, NO_CTES)
+        ref = rewrite.ref_name(fields)
+        if found is None or found.table is None or not _has_conjunct(ctx, where, ref):
+            return None
+        return ref
     except (CheckFailed, ProxyError, LookupError, TypeError, ValueError):
-        return False
+        return None
 
 
 def _is_plain_star(node: Any) -> bool:
@@ -192,12 +288,14 @@ def _dml(ctx: RowContext, kind: str, fields: dict[str, Any], ctes: Ctes, top: bo
     rv = fields["relation"]
     table = _target(ctx, rv)
     ref = rewrite.ref_name(rv)
-    for key in ("fromClause", "usingClause"):
-        for item in fields.get(key) or ():
-            _from_item(ctx, item, ctes)
     if kind in ("UpdateStmt", "DeleteStmt"):
+        # UPDATE … FROM / DELETE … USING: one level with the target, filtered in the WHERE
+        items = [*(fields.get("fromClause") or ()), *(fields.get("usingClause") or ())]
+        where = fields.get("whereClause")
+        if _level(ctx, items, ctes, _Filter(where), taken=(ref,))[ref] != 1:
+            raise CheckFailed("the target's filter may name another FROM item")
         rewrite_dml.check_assignments(ctx, fields.get("targetList"))
-        if not _has_conjunct(ctx, fields.get("whereClause"), ref):
+        if not _has_conjunct(ctx, where, ref):
             raise CheckFailed("target predicate")
     elif kind == "InsertStmt":
         _insert(ctx, fields, ctes, ref)
@@ -223,7 +321,10 @@ def _insert(ctx: RowContext, fields: dict[str, Any], ctes: Ctes, ref: str) -> No
 
 
 def _merge(ctx: RowContext, fields: dict[str, Any], ctes: Ctes, ref: str, table: Any) -> None:
-    _from_item(ctx, fields.get("sourceRelation"), ctes)
+    # The source is a level without a WHERE: a tenant table there is a derived table,
+    # unless it is on the nullable side of a join inside the source.
+    if _level(ctx, [fields.get("sourceRelation")], ctes, None, taken=(ref,))[ref] != 1:
+        raise CheckFailed("the target's filter may name another FROM item")
     if not _has_conjunct(ctx, fields.get("joinCondition"), ref):
         raise CheckFailed("merge join predicate")
     for node in fields.get("mergeWhenClauses") or ():
@@ -245,7 +346,7 @@ def _copy(ctx: RowContext, fields: dict[str, Any]) -> None:
     if fields.get("is_from"):
         raise CheckFailed("COPY FROM")
     if fields.get("relation"):
-        _read(ctx, fields["relation"], NO_CTES)
+        _read(ctx, fields["relation"], NO_CTES, None, [])  # a shared table only
     query = unwrap(fields.get("query"))
     if query is not None:
         if query[0] != "SelectStmt":

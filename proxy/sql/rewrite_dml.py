@@ -1,7 +1,8 @@
 """Row strategy rewrite of writes: INSERT, UPDATE, DELETE, MERGE, and COPY … TO.
 
-* UPDATE/DELETE: `AND <target>.<col> = '<key>'` on the target; FROM/USING items and
-  every subquery are rewritten like any query (THREATS 35, 36).
+* UPDATE/DELETE: `AND <target>.<col> = '<key>'` on the target; every subquery is
+  rewritten like any query, and the FROM/USING items are a query level of their own
+  (rewrite_filters: their filters join the target's in the WHERE) (THREATS 35, 36).
 * INSERT: the tenant column is added with the key when absent; when the client names
   it, the value must be (THREATS 34): a literal equal to the key; `DEFAULT` (it becomes
   the key, as an omitted column would); a bound parameter, which is wrapped in a guard
@@ -11,8 +12,10 @@
   DO UPDATE only updates the tenant's own conflicting row (THREATS 37).
 * MERGE: the tenant predicate joins the ON condition and every WHEN NOT MATCHED BY
   SOURCE condition (those rows are the target's unmatched rows); INSERT actions are
-  forced like INSERT (THREATS 38).
-* COPY t TO STDOUT becomes COPY (SELECT … FROM <derived table>) TO STDOUT (THREATS 39).
+  forced like INSERT (THREATS 38). The source has no WHERE to filter its tables in, so
+  a tenant table there is read through the derived table.
+* COPY t TO STDOUT becomes COPY (SELECT … FROM ONLY s.t WHERE t.<col> = '<key>') TO
+  STDOUT (THREATS 39).
 * Assigning the tenant column (SET, ON CONFLICT, MERGE UPDATE) anything but the key
   (as a literal, `DEFAULT` or a guarded parameter: a no-op on the tenant's own rows,
   what an ORM saving every column sends) is refused (42501); a shared table is never a
@@ -31,7 +34,7 @@ from functools import lru_cache
 from typing import Any
 
 from proxy.errors import NotSupported, PolicyDenied
-from proxy.sql import nodes, rewrite
+from proxy.sql import nodes, rewrite, rewrite_filters
 from proxy.sql.nodes import NotAName, const_value, strings, strip_locations, unwrap
 from proxy.sql.rewrite import Ctes, RowContext
 from proxy.sql.rowmodel import RowTable
@@ -50,24 +53,30 @@ def _update(ctx: RowContext, fields: dict[str, Any], ctes: Ctes) -> None:
     rv = fields["relation"]
     rewrite.write_target(ctx, rv)
     check_assignments(ctx, fields.get("targetList"))
-    _from_items(ctx, fields, "fromClause", ctes)
-    _restrict_target(ctx, fields, ctes, rv)
+    filters = _from_items(ctx, fields, "fromClause", ctes, rv)
+    _restrict_target(ctx, fields, ctes, rv, filters)
 
 
 def _delete(ctx: RowContext, fields: dict[str, Any], ctes: Ctes) -> None:
     rv = fields["relation"]
     rewrite.write_target(ctx, rv)
-    _from_items(ctx, fields, "usingClause", ctes)
-    _restrict_target(ctx, fields, ctes, rv)
+    filters = _from_items(ctx, fields, "usingClause", ctes, rv)
+    _restrict_target(ctx, fields, ctes, rv, filters)
 
 
-def _from_items(ctx: RowContext, fields: dict[str, Any], key: str, ctes: Ctes) -> None:
-    if fields.get(key):
-        fields[key] = [rewrite.from_item(ctx, item, ctes) for item in fields[key]]
+def _from_items(ctx: RowContext, fields: dict[str, Any], key: str, ctes: Ctes,
+                rv: dict[str, Any]) -> list[Any]:
+    """UPDATE … FROM / DELETE … USING: a query level with the target's name in it; returns
+    the filters its tables need in the WHERE."""
+    if not fields.get(key):
+        return []
+    fields[key], filters = rewrite_filters.level(ctx, fields[key], ctes, where=True,
+                                                 taken=(rewrite.ref_name(rv),))
+    return filters
 
 
 def _restrict_target(ctx: RowContext, fields: dict[str, Any], ctes: Ctes,
-                     rv: dict[str, Any]) -> None:
+                     rv: dict[str, Any], filters: list[Any]) -> None:
     for key in ("targetList", "whereClause"):
         rewrite.expr(ctx, fields.get(key), ctes)
     returning(ctx, fields, ctes)
@@ -76,7 +85,7 @@ def _restrict_target(ctx: RowContext, fields: dict[str, Any], ctes: Ctes,
         raise NotSupported("WHERE CURRENT OF is not supported for the row strategy",
                            rule="row-strategy")
     fields["whereClause"] = rewrite.conjoin(where, rewrite.tenant_predicate(
-        ctx, rewrite.ref_name(rv)))
+        ctx, rewrite.ref_name(rv)), *filters)
 
 
 def returning(ctx: RowContext, fields: dict[str, Any], ctes: Ctes) -> None:
@@ -321,27 +330,21 @@ def _is_parameter(node: Any) -> bool:
 def _copied_from_own_rows(ctx: RowContext, query: dict[str, Any], node: Any) -> bool:
     """`INSERT … SELECT tenant_id … FROM <tenant table> [AS a]`: the value is the tenant
     column of the SELECT's only FROM item, which is (already, or in the re-check still)
-    the confined derived table of a tenant table — so the key, never NULL. Grouping sets
-    could turn it into NULL, renamed columns (`AS a(x, tenant_id)`) into another column."""
+    a tenant table filtered by a top-level conjunct of the WHERE, or the confined derived
+    table of one — so the key, never NULL. Grouping sets could turn it into NULL, renamed
+    columns (`AS a(x, tenant_id)`) into another column."""
     item = unwrap(node)
     items = query.get("fromClause") or []
-    if item is None or item[0] != "ColumnRef" or len(items) != 1:
-        return False
-    source = unwrap(items[0])
-    if source is None or source[0] != "RangeSubselect" or source[1].get("lateral"):
-        return False
-    alias = source[1].get("alias") or {}
-    if alias.get("colnames") or not alias.get("aliasname") or _grouping_sets(query):
+    if item is None or item[0] != "ColumnRef" or len(items) != 1 or _grouping_sets(query):
         return False
     try:
         names = strings(item[1].get("fields"))
     except NotAName:
         return False
-    if names not in ([ctx.column], [alias["aliasname"], ctx.column]):
-        return False
     from proxy.sql import rewrite_check  # it builds on this module
 
-    return rewrite_check.is_confined(ctx, source[1])
+    ref = rewrite_check.own_rows_source(ctx, items[0], query.get("whereClause"))
+    return ref is not None and names in ([ctx.column], [ref, ctx.column])
 
 
 def _grouping_sets(query: dict[str, Any]) -> bool:
@@ -369,7 +372,10 @@ def _merge(ctx: RowContext, fields: dict[str, Any], ctes: Ctes) -> None:
     rv = fields["relation"]
     table = rewrite.write_target(ctx, rv).table
     assert table is not None
-    fields["sourceRelation"] = rewrite.from_item(ctx, fields.get("sourceRelation"), ctes)
+    # The source is the preserved side of the MERGE's own join: only a derived table
+    # keeps another tenant's rows from WHEN NOT MATCHED (no WHERE to filter them).
+    (fields["sourceRelation"],), _ = rewrite_filters.level(
+        ctx, [fields.get("sourceRelation")], ctes, where=False, taken=(rewrite.ref_name(rv),))
     rewrite.expr(ctx, fields.get("joinCondition"), ctes)
     predicate = rewrite.tenant_predicate(ctx, rewrite.ref_name(rv))
     fields["joinCondition"] = rewrite.conjoin(fields.get("joinCondition"), predicate)
@@ -440,9 +446,12 @@ def copy(ctx: RowContext, fields: dict[str, Any]) -> None:
     columns = columns or list(found.table.columns)
     targets = [{"ResTarget": {"val": rewrite.column_ref(c)}} for c in columns] \
         or [rewrite.star()]
-    # COPY t TO reads t alone, never its inheritance children.
-    source = rewrite.derived_table(ctx, found, rv, inh=False)
+    # COPY t TO reads t alone, never its inheritance children: ONLY s.t, then confined
+    # like any query.
+    source = {"RangeVar": {"schemaname": found.schema, "relname": found.name, "inh": False,
+                           "relpersistence": "p"}}
     fields["query"] = rewrite.simple_select(targets, [source])
+    rewrite.select(ctx, fields["query"]["SelectStmt"], rewrite.NO_CTES)
     del fields["relation"]
 
 

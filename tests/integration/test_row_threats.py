@@ -795,6 +795,18 @@ READS = [
     "SELECT secret FROM orders TABLESAMPLE SYSTEM (100)",
     "SELECT * FROM orders o FULL JOIN orders_archive a ON false",
     "SELECT email, name FROM accounts",
+    # the tenant's filter is AND-ed with the client's condition as a whole
+    "SELECT tenant_id, secret, ctid FROM orders o WHERE o.tenant_id = 'vandelay' OR true",
+    "SELECT c.email, o.secret FROM customers c LEFT JOIN orders o ON true OR "
+    "o.tenant_id = 'vandelay'",
+    "SELECT o.secret FROM customers c RIGHT JOIN orders o ON c.id = o.id OR true "
+    "WHERE c.id IS NULL OR true",
+    "SELECT a.secret, b.secret FROM orders a LEFT JOIN (orders b JOIN customers c "
+    "ON c.tenant_id <> b.tenant_id) ON true",
+    "SELECT x.s FROM orders o, LATERAL (SELECT o.secret AS s) x",
+    "SELECT o.id, o.secret, count(c.id) FROM orders o LEFT JOIN customers c "
+    "ON c.tenant_id <> o.tenant_id GROUP BY o.id",
+    "SELECT * FROM orders o LEFT JOIN customers c USING (tenant_id)",
 ]
 
 
@@ -826,6 +838,17 @@ def test_t28_partitions_and_children_hold_only_own_rows(gate) -> None:
      "FROM customers WHERE tenant_id = 'initech')"),
     ("SELECT count(*) FROM orders o LEFT JOIN customers c ON c.tenant_id <> o.tenant_id",
      "SELECT count(*) FROM orders WHERE tenant_id = 'initech'"),
+    # nested outer joins: each nullable side filtered in its own join's ON
+    ("SELECT count(*), count(o.id), count(a.id) FROM customers c LEFT JOIN (orders o "
+     "LEFT JOIN accounts a ON a.id > 0) ON o.id > 0",
+     "SELECT count(*), count(o.id), count(a.id) FROM (SELECT * FROM customers WHERE "
+     "tenant_id = 'initech') c LEFT JOIN ((SELECT * FROM orders WHERE tenant_id = 'initech') o "
+     "LEFT JOIN (SELECT * FROM accounts WHERE tenant_id = 'initech') a ON a.id > 0) "
+     "ON o.id > 0"),
+    # a USING join's nullable side (read through the derived table)
+    ("SELECT count(*), count(c.id) FROM orders o RIGHT JOIN customers c USING (id)",
+     "SELECT count(*), count(c.id) FROM (SELECT * FROM orders WHERE tenant_id = 'initech') o "
+     "RIGHT JOIN (SELECT * FROM customers WHERE tenant_id = 'initech') c USING (id)"),
 ])
 def test_t29_outer_joins_keep_their_meaning(gate, sql, expected) -> None:
     out = gate.confined(sql)

@@ -95,6 +95,22 @@ def test_rewrites_are_cached_by_exact_text_only(calls) -> None:
     assert len(calls) == 2
 
 
+def test_row_filters_are_never_shared_between_tenants(calls) -> None:
+    """The same text for two row tenants: each rewrite carries its own key in every
+    filter (the WHERE and the outer join's ON), and each comes from its own analysis."""
+    from tests.unit.test_sql_row_rewrite import CATALOG
+
+    analyzer = Analyzer()
+    sql = ("SELECT o.id, o.status, count(u.id) FROM orders o LEFT JOIN users u "
+           "ON u.id = o.user_id GROUP BY o.id")
+    for key in ("initech", "globex", "initech", "globex"):
+        scope = Scope("row", row_column="tenant_id", tenant_key=key, row_catalog=CATALOG)
+        got = analyzer.analyze(sql, scope)
+        assert got.action == "rewrite"
+        assert got.sql.count(f"'{key}'") == 2 and got.sql.count("'") == 4, got.sql
+    assert len(calls) == 2
+
+
 def test_scopes_never_share_entries(calls) -> None:
     analyzer = Analyzer()
     assert analyzer.analyze("SELECT * FROM hooli.items", DATABASE).action == "allow"

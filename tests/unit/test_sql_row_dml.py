@@ -11,7 +11,7 @@ from proxy.sql.rewrite import RowContext
 from proxy.sql.rewrite_check import verify_statement
 
 from tests.unit.test_sql_attacks import denied
-from tests.unit.test_sql_row_rewrite import SCOPE, U, O, confined, rewritten
+from tests.unit.test_sql_row_rewrite import SCOPE, U, rewritten
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -26,24 +26,48 @@ KEY = "'initech'"
     ("UPDATE orders SET status = 'x' WHERE id = 1 OR id = 2",
      f"UPDATE public.orders SET status = 'x' WHERE (id = 1 OR id = 2) "
      f"AND orders.tenant_id = {KEY}"),
+    # UPDATE … FROM: the FROM items' filters join the target's in the WHERE
     ("UPDATE ONLY orders o SET status = 'x' FROM users u WHERE u.id = o.user_id RETURNING o.id",
-     f"UPDATE ONLY public.orders AS o SET status = 'x' FROM {U} AS u WHERE u.id = o.user_id "
-     f"AND o.tenant_id = {KEY} RETURNING o.id"),
+     f"UPDATE ONLY public.orders AS o SET status = 'x' FROM public.users AS u "
+     f"WHERE u.id = o.user_id AND o.tenant_id = {KEY} AND u.tenant_id = {KEY} RETURNING o.id"),
+    ("UPDATE orders o SET status = 'x' FROM users u LEFT JOIN orders p ON p.user_id = u.id "
+     "WHERE u.id = o.user_id OR p.id IS NULL",
+     f"UPDATE public.orders AS o SET status = 'x' FROM public.users AS u LEFT JOIN "
+     f"public.orders AS p ON p.user_id = u.id AND p.tenant_id = {KEY} "
+     f"WHERE (u.id = o.user_id OR p.id IS NULL) AND o.tenant_id = {KEY} "
+     f"AND u.tenant_id = {KEY}"),
+    ("UPDATE orders o SET status = 'x' FROM users u FULL JOIN countries c ON true",
+     f"UPDATE public.orders AS o SET status = 'x' FROM {U} AS u FULL JOIN public.countries "
+     f"AS c ON TRUE WHERE o.tenant_id = {KEY}"),
     ("UPDATE orders SET total = (SELECT count(*) FROM users) WHERE id IN "
      "(SELECT user_id FROM orders)",
-     f"UPDATE public.orders SET total = (SELECT count(*) FROM {U} AS users) WHERE id IN "
-     f"(SELECT user_id FROM {confined('orders')} AS orders) AND orders.tenant_id = {KEY}"),
+     f"UPDATE public.orders SET total = (SELECT count(*) FROM public.users "
+     f"WHERE users.tenant_id = {KEY}) WHERE id IN (SELECT user_id FROM public.orders "
+     f"WHERE orders.tenant_id = {KEY}) AND orders.tenant_id = {KEY}"),
     ("DELETE FROM orders WHERE id = 1",
      f"DELETE FROM public.orders WHERE id = 1 AND orders.tenant_id = {KEY}"),
+    # DELETE … USING likewise; the target's name is taken at that level
     ("DELETE FROM orders o USING users u WHERE o.user_id = u.id RETURNING *",
-     f"DELETE FROM public.orders AS o USING {U} AS u WHERE o.user_id = u.id "
-     f"AND o.tenant_id = {KEY} RETURNING *"),
+     f"DELETE FROM public.orders AS o USING public.users AS u WHERE o.user_id = u.id "
+     f"AND o.tenant_id = {KEY} AND u.tenant_id = {KEY} RETURNING *"),
+    ("DELETE FROM orders USING orders AS o2, users WHERE o2.id = orders.id",
+     f"DELETE FROM public.orders USING public.orders AS o2, public.users "
+     f"WHERE o2.id = orders.id AND orders.tenant_id = {KEY} AND o2.tenant_id = {KEY} "
+     f"AND users.tenant_id = {KEY}"),
     ("DELETE FROM orders WHERE id IN (SELECT id FROM orders)",
-     f"DELETE FROM public.orders WHERE id IN (SELECT id FROM {confined('orders')} AS orders) "
-     f"AND orders.tenant_id = {KEY}"),
+     f"DELETE FROM public.orders WHERE id IN (SELECT id FROM public.orders "
+     f"WHERE orders.tenant_id = {KEY}) AND orders.tenant_id = {KEY}"),
 ])
 def test_update_and_delete_only_reach_the_tenants_rows(sql: str, expected: str) -> None:
     assert rewritten(sql) == expected  # THREATS 35, 36
+
+
+def test_a_target_name_used_twice_is_refused() -> None:
+    """PostgreSQL refuses the name twice (42712); the proof cannot name the target's rows
+    alone either, so the statement never leaves the proxy."""
+    for sql in ("DELETE FROM orders USING users AS orders",
+                "UPDATE orders o SET status = 'x' FROM users o"):
+        denied(sql, SCOPE, "0A000", "rewrite-check")
 
 
 @pytest.mark.parametrize("sql", [
@@ -124,15 +148,20 @@ def test_the_guard_is_only_accepted_in_the_recheck() -> None:
 
 @pytest.mark.parametrize("sql, expected", [
     ("INSERT INTO orders (id, tenant_id) SELECT id, tenant_id FROM users",
-     f"INSERT INTO public.orders (id, tenant_id) SELECT id, tenant_id FROM {U} AS users"),
+     f"INSERT INTO public.orders (id, tenant_id) SELECT id, tenant_id FROM public.users "
+     f"WHERE users.tenant_id = {KEY}"),
     ("INSERT INTO orders (tenant_id, id) SELECT o.tenant_id, o.id + 100 FROM orders o "
-     "WHERE o.total > 1",
-     f"INSERT INTO public.orders (tenant_id, id) SELECT o.tenant_id, o.id + 100 FROM {O} AS o "
-     f"WHERE o.total > 1"),
+     "WHERE o.total > 1 OR o.id = 1",
+     f"INSERT INTO public.orders (tenant_id, id) SELECT o.tenant_id, o.id + 100 FROM "
+     f"public.orders AS o WHERE (o.total > 1 OR o.id = 1) AND o.tenant_id = {KEY}"),
     ("INSERT INTO orders (tenant_id) SELECT DISTINCT tenant_id FROM orders UNION "
      "SELECT 'initech'",
-     f"INSERT INTO public.orders (tenant_id) SELECT DISTINCT tenant_id FROM {O} AS orders "
-     f"UNION SELECT {KEY}"),
+     f"INSERT INTO public.orders (tenant_id) SELECT DISTINCT tenant_id FROM public.orders "
+     f"WHERE orders.tenant_id = {KEY} UNION SELECT {KEY}"),
+    ("INSERT INTO orders (id, tenant_id) SELECT id, tenant_id FROM users TABLESAMPLE "
+     "BERNOULLI (50)",
+     f"INSERT INTO public.orders (id, tenant_id) SELECT id, tenant_id FROM public.users "
+     f"TABLESAMPLE bernoulli(50) WHERE users.tenant_id = {KEY}"),
 ])
 def test_insert_may_copy_the_tenant_column_of_its_own_rows(sql: str, expected: str) -> None:
     assert rewritten(sql) == expected
@@ -186,21 +215,23 @@ def test_copying_an_unproven_tenant_column_is_refused(sql: str) -> None:
     # INSERT … SELECT: the source is rewritten like any query, the column forced
     ("INSERT INTO orders (id, user_id) SELECT id, id FROM users WHERE id > 1",
      f"INSERT INTO public.orders (id, user_id, tenant_id) SELECT id, id, {KEY} "
-     f"FROM {U} AS users WHERE id > 1"),
+     f"FROM public.users WHERE id > 1 AND users.tenant_id = {KEY}"),
     ("INSERT INTO orders (id) SELECT * FROM (VALUES (1)) v",
      f"INSERT INTO public.orders (id, tenant_id) SELECT *, {KEY} FROM ((VALUES (1))) AS v"),
     ("INSERT INTO orders (id) SELECT id FROM users UNION SELECT 5",
      f"INSERT INTO public.orders (id, tenant_id) SELECT tenantgate_insert.*, {KEY} FROM "
-     f"(SELECT id FROM {U} AS users UNION SELECT 5) AS tenantgate_insert"),
+     f"(SELECT id FROM public.users WHERE users.tenant_id = {KEY} UNION SELECT 5) "
+     f"AS tenantgate_insert"),
     ("INSERT INTO orders (id, tenant_id) SELECT id, 'initech' FROM users",
-     f"INSERT INTO public.orders (id, tenant_id) SELECT id, {KEY} FROM {U} AS users"),
+     f"INSERT INTO public.orders (id, tenant_id) SELECT id, {KEY} FROM public.users "
+     f"WHERE users.tenant_id = {KEY}"),
     ("INSERT INTO orders (id, tenant_id) SELECT *, 'initech' FROM (VALUES (1)) v",
      f"INSERT INTO public.orders (id, tenant_id) SELECT *, {KEY} FROM ((VALUES (1))) AS v"),
     ("INSERT INTO orders (id, tenant_id) SELECT 1, 'initech' UNION SELECT 2, 'initech'",
      f"INSERT INTO public.orders (id, tenant_id) SELECT 1, {KEY} UNION SELECT 2, {KEY}"),
     ("WITH s AS (SELECT id FROM users) INSERT INTO orders (id) SELECT id FROM s",
-     f"WITH s AS (SELECT id FROM {U} AS users) INSERT INTO public.orders (id, tenant_id) "
-     f"SELECT id, {KEY} FROM s"),
+     f"WITH s AS (SELECT id FROM public.users WHERE users.tenant_id = {KEY}) INSERT INTO "
+     f"public.orders (id, tenant_id) SELECT id, {KEY} FROM s"),
     # ON CONFLICT: only the tenant's own conflicting row is updated (THREATS 37)
     ("INSERT INTO orders (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET status = "
      "excluded.status RETURNING *",
@@ -281,6 +312,13 @@ def test_positional_insert_needs_a_known_column_count(sql: str) -> None:
      "AND t.total > 1 THEN DELETE",
      f"MERGE INTO public.orders AS t USING {U} AS s ON t.id = s.id AND t.tenant_id = {KEY} "
      f"WHEN NOT MATCHED BY SOURCE AND t.total > 1 AND t.tenant_id = {KEY} THEN DELETE"),
+    # the source has no WHERE: its own tables are derived tables, but a join inside it
+    # filters its nullable side in its ON
+    ("MERGE INTO orders t USING users s LEFT JOIN orders o ON o.user_id = s.id ON t.id = s.id "
+     "WHEN MATCHED THEN DELETE",
+     f"MERGE INTO public.orders AS t USING {U} AS s LEFT JOIN public.orders AS o ON "
+     f"o.user_id = s.id AND o.tenant_id = {KEY} ON t.id = s.id AND t.tenant_id = {KEY} "
+     f"WHEN MATCHED THEN DELETE"),
 ])
 def test_merge_is_confined(sql: str, expected: str) -> None:
     assert rewritten(sql) == expected  # THREATS 38
@@ -301,14 +339,16 @@ def test_merge_refusals(sql: str, sqlstate: str, rule: str) -> None:
 
 
 @pytest.mark.parametrize("sql, expected", [
+    # COPY t TO reads t alone (ONLY), filtered like a query
     ("COPY orders TO STDOUT",
-     "COPY (SELECT id, tenant_id, user_id, total, status FROM "
-     f"{confined('orders', only=True)} AS orders) TO STDOUT"),
+     "COPY (SELECT id, tenant_id, user_id, total, status FROM ONLY public.orders "
+     f"WHERE orders.tenant_id = {KEY}) TO STDOUT"),
     ("COPY public.orders (id, total) TO STDOUT WITH (FORMAT csv, HEADER)",
-     f"COPY (SELECT id, total FROM {confined('orders', only=True)} AS orders) TO STDOUT "
-     f"WITH (FORMAT csv, HEADER)"),
+     f"COPY (SELECT id, total FROM ONLY public.orders WHERE orders.tenant_id = {KEY}) "
+     f"TO STDOUT WITH (FORMAT csv, HEADER)"),
     ("COPY (SELECT * FROM orders WHERE id = 7) TO STDOUT",
-     f"COPY (SELECT * FROM {confined('orders')} AS orders WHERE id = 7) TO STDOUT"),
+     f"COPY (SELECT * FROM public.orders WHERE id = 7 AND orders.tenant_id = {KEY}) "
+     f"TO STDOUT"),
     ("COPY countries TO STDOUT", "COPY public.countries TO STDOUT"),
 ])
 def test_copy_to_is_confined(sql: str, expected: str) -> None:

@@ -1,10 +1,13 @@
-"""Row strategy rewrite of reads: every tenant-table reference becomes a confined derived
-table, at every nesting level (THREATS 28–31); names out of reach are refused."""
+"""Row strategy rewrite of reads: every tenant-table reference is confined at every nesting
+level (THREATS 28–31) — filtered in its level's WHERE or its outer join's ON, or read
+through a derived table where a filter is not certainly right; names out of reach are
+refused; and the proof of what is sent accepts exactly those forms."""
 
 from __future__ import annotations
 
 import pytest
 
+from proxy.errors import NotSupported
 from proxy.sql import Scope, analyze_uncached, nodes
 from proxy.sql.rewrite import RowContext
 from proxy.sql.rewrite_check import verify_statement
@@ -41,6 +44,7 @@ def confined(table: str, schema: str = "public", only: bool = False) -> str:
 
 
 O, U = confined("orders"), confined("users")
+MINE = "SELECT * FROM public.orders WHERE orders.tenant_id = 'initech'"  # SELECT * FROM orders
 
 
 def rewritten(sql: str, scope: Scope = SCOPE) -> str:
@@ -50,74 +54,173 @@ def rewritten(sql: str, scope: Scope = SCOPE) -> str:
     return decision.sql
 
 
+def mine(ref: str) -> str:
+    """The filter of the tenant table called `ref` at its query level."""
+    return f"{ref}.tenant_id = 'initech'"
+
+
 @pytest.mark.parametrize("sql, expected", [
-    ("SELECT * FROM orders", f"SELECT * FROM {O} AS orders"),
-    ("SELECT * FROM public.orders o", f"SELECT * FROM {O} AS o"),
-    ("SELECT * FROM ONLY orders", f"SELECT * FROM {confined('orders', only=True)} AS orders"),
-    ("TABLE orders", f"SELECT * FROM {O} AS orders"),
-    ("SELECT * FROM orders AS o (a, b)", f"SELECT * FROM {O} AS o (a, b)"),
-    ("SELECT * FROM orders_2025", f"SELECT * FROM {confined('orders_2025')} AS orders_2025"),
-    ("SELECT * FROM items", f"SELECT * FROM {confined('items', 'app')} AS items"),
-    # comma joins and JOINs of every kind keep their meaning (THREATS 29)
+    # a plain reference keeps the table; its filter goes into the level's WHERE
+    ("SELECT * FROM orders", f"SELECT * FROM public.orders WHERE {mine('orders')}"),
+    ("SELECT * FROM public.orders o", f"SELECT * FROM public.orders AS o WHERE {mine('o')}"),
+    ("SELECT * FROM ONLY orders", f"SELECT * FROM ONLY public.orders WHERE {mine('orders')}"),
+    ("TABLE orders", f"SELECT * FROM public.orders WHERE {mine('orders')}"),
+    ("SELECT * FROM orders_2025",
+     f"SELECT * FROM public.orders_2025 WHERE {mine('orders_2025')}"),
+    ("SELECT * FROM items", f"SELECT * FROM app.items WHERE {mine('items')}"),
+    ('SELECT * FROM "orders" "O"', 'SELECT * FROM public.orders AS "O" WHERE '
+                                   + mine('"O"')),
+    # an existing WHERE is AND-ed as a whole: an OR stays inside its parentheses
+    ("SELECT * FROM orders WHERE id = 1 OR status = 'x'",
+     f"SELECT * FROM public.orders WHERE (id = 1 OR status = 'x') AND {mine('orders')}"),
+    ("SELECT * FROM orders WHERE id = 1 AND status = 'x' OR true",
+     f"SELECT * FROM public.orders WHERE ((id = 1 AND status = 'x') OR TRUE) "
+     f"AND {mine('orders')}"),
+    ("SELECT * FROM orders WHERE NOT (id = 1 AND true)",
+     f"SELECT * FROM public.orders WHERE NOT(id = 1 AND TRUE) AND {mine('orders')}"),
+    # comma and inner joins: every table's filter in the WHERE
     ("SELECT * FROM orders o, users u WHERE o.user_id = u.id",
-     f"SELECT * FROM {O} AS o, {U} AS u WHERE o.user_id = u.id"),
+     f"SELECT * FROM public.orders AS o, public.users AS u WHERE o.user_id = u.id "
+     f"AND {mine('o')} AND {mine('u')}"),
+    ("SELECT * FROM users CROSS JOIN orders",
+     f"SELECT * FROM public.users CROSS JOIN public.orders "
+     f"WHERE {mine('users')} AND {mine('orders')}"),
+    ("SELECT * FROM users a JOIN (orders b JOIN users c ON b.user_id = c.id) ON a.id = b.id",
+     f"SELECT * FROM public.users AS a INNER JOIN (public.orders AS b INNER JOIN "
+     f"public.users AS c ON b.user_id = c.id) ON a.id = b.id "
+     f"WHERE {mine('a')} AND {mine('b')} AND {mine('c')}"),
+    ("SELECT * FROM users NATURAL JOIN orders",
+     f"SELECT * FROM public.users NATURAL INNER JOIN public.orders "
+     f"WHERE {mine('users')} AND {mine('orders')}"),
+    # outer joins (THREATS 29): the nullable side's filter in that join's ON, the
+    # preserved side's in the WHERE
     ("SELECT * FROM users u LEFT JOIN orders o ON o.user_id = u.id",
-     f"SELECT * FROM {U} AS u LEFT JOIN {O} AS o ON o.user_id = u.id"),
-    ("SELECT * FROM users u RIGHT JOIN orders o USING (id)",
-     f"SELECT * FROM {U} AS u RIGHT JOIN {O} AS o USING (id)"),
+     f"SELECT * FROM public.users AS u LEFT JOIN public.orders AS o ON o.user_id = u.id "
+     f"AND {mine('o')} WHERE {mine('u')}"),
+    ("SELECT * FROM users u RIGHT JOIN orders o ON o.user_id = u.id OR u.id IS NULL",
+     f"SELECT * FROM public.users AS u RIGHT JOIN public.orders AS o ON "
+     f"(o.user_id = u.id OR u.id IS NULL) AND {mine('u')} WHERE {mine('o')}"),
+    ("SELECT * FROM users u LEFT JOIN countries c ON true LEFT JOIN orders o ON false",
+     f"SELECT * FROM public.users AS u LEFT JOIN public.countries AS c ON TRUE "
+     f"LEFT JOIN public.orders AS o ON FALSE AND {mine('o')} WHERE {mine('u')}"),
+    # nested: b is preserved inside the nullable side of the outer join (its ON), c is the
+    # inner join's nullable side (its own ON)
+    ("SELECT * FROM users a LEFT JOIN (orders b LEFT JOIN users c ON b.user_id = c.id) "
+     "ON a.id = b.id",
+     f"SELECT * FROM public.users AS a LEFT JOIN (public.orders AS b LEFT JOIN "
+     f"public.users AS c ON b.user_id = c.id AND {mine('c')}) ON a.id = b.id "
+     f"AND {mine('b')} WHERE {mine('a')}"),
+    ("SELECT * FROM users a LEFT JOIN (orders b JOIN users c ON b.user_id = c.id) "
+     "ON a.id = b.id",
+     f"SELECT * FROM public.users AS a LEFT JOIN (public.orders AS b INNER JOIN "
+     f"public.users AS c ON b.user_id = c.id) ON a.id = b.id AND {mine('b')} "
+     f"AND {mine('c')} WHERE {mine('a')}"),
+    ("SELECT * FROM (orders o RIGHT JOIN users u ON true) LEFT JOIN items i ON true",
+     f"SELECT * FROM public.orders AS o RIGHT JOIN public.users AS u ON TRUE "
+     f"AND {mine('o')} LEFT JOIN app.items AS i ON TRUE AND {mine('i')} WHERE {mine('u')}"),
+    # a LEFT join inside a FULL join's side: its nullable side still has its own ON
+    ("SELECT * FROM countries k FULL JOIN (users u LEFT JOIN orders o ON true) ON false",
+     f"SELECT * FROM public.countries AS k FULL JOIN ({U} AS u LEFT JOIN public.orders "
+     f"AS o ON TRUE AND {mine('o')}) ON FALSE"),
+    # fallback to the derived table: FULL joins, USING/NATURAL nullable sides, join
+    # aliases, column aliases
     ("SELECT * FROM users u FULL JOIN orders o ON true",
      f"SELECT * FROM {U} AS u FULL JOIN {O} AS o ON TRUE"),
-    ("SELECT * FROM users CROSS JOIN orders",
-     f"SELECT * FROM {U} AS users CROSS JOIN {O} AS orders"),
-    ("SELECT * FROM users NATURAL JOIN orders",
-     f"SELECT * FROM {U} AS users NATURAL INNER JOIN {O} AS orders"),
-    ("SELECT * FROM users a JOIN (orders b JOIN users c ON b.user_id = c.id) ON a.id = b.id",
-     f"SELECT * FROM {U} AS a INNER JOIN ({O} AS b INNER JOIN {U} AS c "
-     f"ON b.user_id = c.id) ON a.id = b.id"),
-    # subqueries wherever they hide
-    ("SELECT * FROM (SELECT * FROM orders) s", f"SELECT * FROM (SELECT * FROM {O} AS orders) AS s"),
+    ("SELECT * FROM users u RIGHT JOIN orders o USING (id)",
+     f"SELECT * FROM {U} AS u RIGHT JOIN public.orders AS o USING (id) WHERE {mine('o')}"),
+    ("SELECT * FROM users NATURAL LEFT JOIN orders",
+     f"SELECT * FROM public.users NATURAL LEFT JOIN {O} AS orders WHERE {mine('users')}"),
+    ("SELECT * FROM (users u JOIN orders o ON true) AS j",
+     f"SELECT * FROM ({U} AS u INNER JOIN {O} AS o ON TRUE) AS j"),
+    ("SELECT * FROM users a LEFT JOIN (orders b LEFT JOIN users c ON true) AS j ON true",
+     f"SELECT * FROM public.users AS a LEFT JOIN ({O} AS b LEFT JOIN public.users AS c "
+     f"ON TRUE AND {mine('c')}) AS j ON TRUE WHERE {mine('a')}"),
+    ("SELECT * FROM orders AS o (a, b)", f"SELECT * FROM {O} AS o (a, b)"),
+    # a refname that is not unique at its level: no filter could name one table only
+    ("SELECT * FROM (orders JOIN users ON true) AS j, orders",
+     f"SELECT * FROM ({O} AS orders INNER JOIN {U} AS users ON TRUE) AS j, {O} AS orders"),
+    ("SELECT * FROM orders, ROWS FROM (generate_series(1, 2), now())",
+     f"SELECT * FROM public.orders, ROWS FROM (generate_series(1, 2), now()) "
+     f"WHERE {mine('orders')}"),
+    ("SELECT * FROM orders, CAST(1 AS int)",
+     f"SELECT * FROM {O} AS orders, CAST(1 AS integer)"),
+    # schema-qualified column references still resolve to a derived table
+    ("SELECT public.orders.id FROM orders FULL JOIN users ON true",
+     f"SELECT orders.id FROM {O} AS orders FULL JOIN {U} AS users ON TRUE"),
+    ("SELECT public.orders.id FROM orders", f"SELECT public.orders.id FROM public.orders "
+                                            f"WHERE {mine('orders')}"),
+    # subqueries wherever they hide: each query level filters its own tables
+    ("SELECT * FROM (SELECT * FROM orders) s",
+     f"SELECT * FROM (SELECT * FROM public.orders WHERE {mine('orders')}) AS s"),
     ("SELECT * FROM users WHERE id IN (SELECT user_id FROM orders)",
-     f"SELECT * FROM {U} AS users WHERE id IN (SELECT user_id FROM {O} AS orders)"),
+     f"SELECT * FROM public.users WHERE id IN (SELECT user_id FROM public.orders "
+     f"WHERE {mine('orders')}) AND {mine('users')}"),
     ("SELECT (SELECT count(*) FROM orders)",
-     f"SELECT (SELECT count(*) FROM {O} AS orders)"),
+     f"SELECT (SELECT count(*) FROM public.orders WHERE {mine('orders')})"),
     ("SELECT 1 WHERE EXISTS (SELECT 1 FROM orders)",
-     f"SELECT 1 WHERE EXISTS (SELECT 1 FROM {O} AS orders)"),
+     f"SELECT 1 WHERE EXISTS (SELECT 1 FROM public.orders WHERE {mine('orders')})"),
     ("SELECT status FROM orders GROUP BY status HAVING count(*) > (SELECT count(*) FROM users)",
-     f"SELECT status FROM {O} AS orders GROUP BY status "
-     f"HAVING count(*) > (SELECT count(*) FROM {U} AS users)"),
+     f"SELECT status FROM public.orders WHERE {mine('orders')} GROUP BY status "
+     f"HAVING count(*) > (SELECT count(*) FROM public.users WHERE {mine('users')})"),
     ("SELECT 1 ORDER BY (SELECT max(id) FROM orders)",
-     f"SELECT 1 ORDER BY (SELECT max(id) FROM {O} AS orders)"),
+     f"SELECT 1 ORDER BY (SELECT max(id) FROM public.orders WHERE {mine('orders')})"),
     ("SELECT * FROM users u, LATERAL (SELECT * FROM orders o WHERE o.user_id = u.id) x",
-     f"SELECT * FROM {U} AS u, LATERAL (SELECT * FROM {O} AS o WHERE o.user_id = u.id) AS x"),
+     f"SELECT * FROM public.users AS u, LATERAL (SELECT * FROM public.orders AS o "
+     f"WHERE o.user_id = u.id AND {mine('o')}) AS x WHERE {mine('u')}"),
+    # a lateral subquery with an item of the outer level's name: the filter of each level
+    # names its own item (the nearest level's name wins in PostgreSQL)
+    ("SELECT * FROM orders o, LATERAL (SELECT * FROM users o WHERE o.id = 1) x",
+     f"SELECT * FROM public.orders AS o, LATERAL (SELECT * FROM public.users AS o "
+     f"WHERE o.id = 1 AND {mine('o')}) AS x WHERE {mine('o')}"),
+    ("SELECT * FROM users u LEFT JOIN LATERAL (SELECT * FROM orders o WHERE o.user_id = u.id)"
+     " x ON true",
+     f"SELECT * FROM public.users AS u LEFT JOIN LATERAL (SELECT * FROM public.orders AS o "
+     f"WHERE o.user_id = u.id AND {mine('o')}) AS x ON TRUE WHERE {mine('u')}"),
     ("SELECT * FROM generate_series(1, (SELECT count(*) FROM orders)::int) g",
-     "SELECT * FROM generate_series(1, CAST((SELECT count(*) FROM "
-     f"{O} AS orders) AS integer)) AS g"),
-    # set operations
+     "SELECT * FROM generate_series(1, CAST((SELECT count(*) FROM public.orders "
+     f"WHERE {mine('orders')}) AS integer)) AS g"),
+    # set operations: every branch is a level
     ("SELECT id FROM orders UNION ALL SELECT id FROM users",
-     f"SELECT id FROM {O} AS orders UNION ALL SELECT id FROM {U} AS users"),
+     f"SELECT id FROM public.orders WHERE {mine('orders')} UNION ALL "
+     f"SELECT id FROM public.users WHERE {mine('users')}"),
     ("SELECT id FROM orders EXCEPT SELECT id FROM users INTERSECT SELECT 1",
-     f"SELECT id FROM {O} AS orders EXCEPT(SELECT id FROM {U} AS users INTERSECT SELECT 1)"),
+     f"SELECT id FROM public.orders WHERE {mine('orders')} EXCEPT(SELECT id FROM "
+     f"public.users WHERE {mine('users')} INTERSECT SELECT 1)"),
     # CTEs: references to the CTE stay, the CTE's own query is rewritten
     ("WITH r AS (SELECT * FROM orders) SELECT * FROM r",
-     f"WITH r AS (SELECT * FROM {O} AS orders) SELECT * FROM r"),
+     f"WITH r AS (SELECT * FROM public.orders WHERE {mine('orders')}) SELECT * FROM r"),
     ("WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t, orders WHERE n < 3) "
      "SELECT * FROM t",
-     f"WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t, {O} AS orders "
-     f"WHERE n < 3) SELECT * FROM t"),
-    # TABLESAMPLE moves inside the derived table; FOR UPDATE names the FROM item
+     f"WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t, public.orders "
+     f"WHERE n < 3 AND {mine('orders')}) SELECT * FROM t"),
+    ("WITH r AS (SELECT * FROM orders) SELECT * FROM r LEFT JOIN users u ON true",
+     f"WITH r AS (SELECT * FROM public.orders WHERE {mine('orders')}) SELECT * FROM r "
+     f"LEFT JOIN public.users AS u ON TRUE AND {mine('u')}"),
+    # TABLESAMPLE filters the sampled rows (inside the derived table when it falls back);
+    # FOR UPDATE names the FROM item
     ("SELECT * FROM orders TABLESAMPLE SYSTEM (10) REPEATABLE (1)",
-     "SELECT * FROM (SELECT * FROM public.orders TABLESAMPLE system(10) REPEATABLE (1) "
-     "WHERE orders.tenant_id = 'initech') AS orders"),
+     "SELECT * FROM public.orders TABLESAMPLE system(10) REPEATABLE (1) "
+     f"WHERE {mine('orders')}"),
+    ("SELECT * FROM users FULL JOIN orders TABLESAMPLE SYSTEM (10) ON true",
+     f"SELECT * FROM {U} AS users FULL JOIN (SELECT * FROM public.orders TABLESAMPLE "
+     f"system(10) WHERE {mine('orders')}) AS orders ON TRUE"),
     ("SELECT * FROM orders o FOR UPDATE OF o SKIP LOCKED",
-     f"SELECT * FROM {O} AS o FOR UPDATE OF o SKIP LOCKED"),
+     f"SELECT * FROM public.orders AS o WHERE {mine('o')} FOR UPDATE OF o SKIP LOCKED"),
     ("DECLARE c CURSOR FOR SELECT * FROM orders",
-     f"DECLARE c CURSOR FOR SELECT * FROM {O} AS orders"),
+     f"DECLARE c CURSOR FOR SELECT * FROM public.orders WHERE {mine('orders')}"),
     # shared tables are read as they are, qualified with the schema they resolved to
     ("SELECT * FROM countries", "SELECT * FROM public.countries"),
     ("SELECT * FROM orders o JOIN ref.currencies c ON true",
-     f"SELECT * FROM {O} AS o INNER JOIN ref.currencies AS c ON TRUE"),
+     f"SELECT * FROM public.orders AS o INNER JOIN ref.currencies AS c ON TRUE "
+     f"WHERE {mine('o')}"),
+    # pgbench -S: the tenant's index on aid serves, no subquery
     ("SELECT * FROM pgbench_accounts WHERE aid = 5",
-     f"SELECT * FROM {confined('pgbench_accounts')} AS pgbench_accounts WHERE aid = 5"),
+     f"SELECT * FROM public.pgbench_accounts WHERE aid = 5 AND {mine('pgbench_accounts')}"),
+    # Django's annotate(): GROUP BY the primary key of a plain table (functional dependency)
+    ("SELECT u.id, u.email, count(o.id) FROM users u LEFT JOIN orders o ON o.user_id = u.id "
+     "GROUP BY u.id",
+     f"SELECT u.id, u.email, count(o.id) FROM public.users AS u LEFT JOIN public.orders AS o "
+     f"ON o.user_id = u.id AND {mine('o')} WHERE {mine('u')} GROUP BY u.id"),
 ])
 def test_every_tenant_reference_is_confined(sql: str, expected: str) -> None:
     assert rewritten(sql) == expected
@@ -130,12 +233,13 @@ def test_every_tenant_reference_is_confined(sql: str, expected: str) -> None:
      "WHERE id < 3) SELECT * FROM orders", None),
     # … but not in its own (non-recursive) query, nor in an earlier sibling
     ("WITH orders AS (SELECT * FROM orders) SELECT * FROM orders",
-     f"WITH orders AS (SELECT * FROM {O} AS orders) SELECT * FROM orders"),
+     f"WITH orders AS ({MINE}) SELECT * FROM orders"),
     ("WITH a AS (SELECT * FROM orders), orders AS (SELECT 1) SELECT * FROM a, orders",
-     f"WITH a AS (SELECT * FROM {O} AS orders), orders AS (SELECT 1) SELECT * FROM a, orders"),
-    # a qualified name is never a CTE; the CTE is visible in nested subqueries
+     f"WITH a AS ({MINE}), orders AS (SELECT 1) SELECT * FROM a, orders"),
+    # a qualified name is never a CTE (and a CTE's name is no FROM item's: the filter
+    # names the table); the CTE is visible in nested subqueries
     ("WITH orders AS (SELECT 1) SELECT * FROM public.orders",
-     f"WITH orders AS (SELECT 1) SELECT * FROM {O} AS orders"),
+     f"WITH orders AS (SELECT 1) {MINE}"),
     ("WITH orders AS (SELECT 1) SELECT * FROM (SELECT * FROM orders) x", None),
 ])
 def test_cte_names_are_scoped_like_postgresql(sql: str, expected: str | None) -> None:
@@ -242,20 +346,22 @@ def test_rewrite_enforcement_without_a_catalog_refuses_everything() -> None:
 
 
 def test_rewrite_only_enforcement_rewrites_the_same_way() -> None:
-    assert rewritten("SELECT * FROM orders", REWRITE_ONLY) == f"SELECT * FROM {O} AS orders"
+    assert rewritten("SELECT * FROM orders", REWRITE_ONLY) == MINE
 
 
 def test_the_tenant_key_is_quoted_as_a_literal() -> None:
     scope = Scope("row", row_column="tenant_id", tenant_key="o'brien; --",
                   row_catalog=CATALOG)
     assert rewritten("SELECT * FROM orders", scope) == (
+        "SELECT * FROM public.orders WHERE orders.tenant_id = 'o''brien; --'")
+    assert rewritten("SELECT * FROM orders FULL JOIN users ON true", scope).startswith(
         "SELECT * FROM (SELECT * FROM public.orders WHERE orders.tenant_id = 'o''brien; --') "
-        "AS orders")
+        "AS orders FULL JOIN")
 
 
 def test_multi_statement_strings_rewrite_each_statement() -> None:
     decision = analyze_uncached("BEGIN; SELECT * FROM orders; COMMIT", SCOPE)
-    assert decision.sql == f"BEGIN\n;\nSELECT * FROM {O} AS orders\n;\nCOMMIT"
+    assert decision.sql == f"BEGIN\n;\n{MINE}\n;\nCOMMIT"
     assert decision.statements == 3
     denied("SELECT * FROM orders; SELECT * FROM secrets", SCOPE, "42P01", "relation-reach")
 
@@ -265,7 +371,7 @@ def test_reset_all_still_reapplies_the_pinned_settings() -> None:
                   pinned_settings=(("search_path", "app, public"),))
     decision = analyze_uncached("RESET ALL; SELECT * FROM orders", scope)
     assert decision.sql == (f"RESET ALL\n;\nSET search_path TO 'app', 'public'\n;\n"
-                            f"SELECT * FROM {O} AS orders")
+                            f"{MINE}")
 
 
 # --- the check of what is sent (DESIGN 6.6, THREATS 4.5) --------------------------------
@@ -285,14 +391,13 @@ W = "(SELECT * FROM public.orders WHERE orders.tenant_id = 'initech')"
     ("SELECT * FROM (SELECT * FROM public.orders WHERE orders.tenant_id = 'initech' OR true) o",
      False),
     ("SELECT * FROM (SELECT * FROM public.orders WHERE orders.tenant_id = 'initech') o", True),
-    ("SELECT * FROM (SELECT * FROM public.orders o2 WHERE o2.tenant_id = 'initech') o",
-     False),
+    # not the canonical derived table, but its query is a level of its own that filters
+    # its one table in its WHERE: confined as well
+    ("SELECT * FROM (SELECT * FROM public.orders o2 WHERE o2.tenant_id = 'initech') o", True),
     ("SELECT * FROM (SELECT * FROM public.orders WHERE orders.tenant_id = 'initech' "
-     "LIMIT 5) o", False),
-    ("SELECT * FROM (SELECT * FROM public.orders WHERE orders.tenant_id = 'initech' "
-     "OFFSET 1) o", False),
+     "LIMIT 5) o", True),
     ("SELECT * FROM (SELECT *, 1 FROM public.orders WHERE orders.tenant_id = 'initech') o",
-     False),
+     True),
     ("SELECT * FROM (SELECT * FROM public.orders, public.users WHERE orders.tenant_id = "
      "'initech') o", False),
     (f"SELECT * FROM {W} o WHERE EXISTS (SELECT 1 FROM users)", False),
@@ -334,6 +439,147 @@ def test_the_check_of_rewritten_sql_proves_confinement(sql: str, ok: bool) -> No
         with pytest.raises(Exception) as caught:
             verify_statement(ctx, statement.kind, statement.fields)
         assert (caught.value.sqlstate, caught.value.rule) == ("0A000", "rewrite-check")
+
+
+def checks(sql: str) -> bool:
+    """Does the confinement proof accept this (hand-written) final text?"""
+    statement = nodes.parse(sql)[0]
+    try:
+        verify_statement(RowContext(SCOPE, verify=True), statement.kind, statement.fields)
+    except NotSupported as exc:
+        assert exc.rule == "rewrite-check"
+        return False
+    return True
+
+
+K = "'initech'"
+
+
+@pytest.mark.parametrize("sql", [
+    f"SELECT * FROM public.orders WHERE orders.tenant_id = {K}",
+    f"SELECT * FROM public.orders o WHERE o.id = 1 AND o.tenant_id = {K}",
+    f"SELECT * FROM public.orders o WHERE (o.id = 1 OR o.id = 2) AND (true AND o.tenant_id = {K})",
+    f"SELECT * FROM ONLY public.orders o TABLESAMPLE system(5) WHERE o.tenant_id = {K}",
+    f"SELECT * FROM public.orders o, public.users u WHERE o.tenant_id = {K} AND u.tenant_id = {K}",
+    f"SELECT * FROM public.orders o JOIN public.countries k ON true WHERE o.tenant_id = {K}",
+    # nullable sides filtered in the ON of the nearest outer join that null-extends them
+    f"SELECT * FROM public.users u LEFT JOIN public.orders o ON o.id = u.id AND "
+    f"o.tenant_id = {K} WHERE u.tenant_id = {K}",
+    f"SELECT * FROM public.users u RIGHT JOIN public.orders o ON u.tenant_id = {K} "
+    f"WHERE o.tenant_id = {K}",
+    f"SELECT * FROM public.users a LEFT JOIN (public.orders b LEFT JOIN public.users c ON "
+    f"c.tenant_id = {K}) ON b.tenant_id = {K} WHERE a.tenant_id = {K}",
+    f"SELECT * FROM public.users a LEFT JOIN (public.orders b JOIN public.users c ON true) "
+    f"ON b.tenant_id = {K} AND c.tenant_id = {K} WHERE a.tenant_id = {K}",
+    # u is a FULL join's side, so a derived table; o has its own LEFT join's ON
+    f"SELECT * FROM public.countries k FULL JOIN ({W} AS u LEFT JOIN public.orders o "
+    f"ON o.tenant_id = {K}) ON true",
+    # under a join alias: c's ON is inside it, b's place (the WHERE) is not
+    f"SELECT * FROM public.users a LEFT JOIN ({W} AS b LEFT JOIN public.users c ON "
+    f"c.tenant_id = {K}) AS j ON true WHERE a.tenant_id = {K}",
+    # every level filters its own items; the nearest level's name wins
+    f"SELECT * FROM public.orders o WHERE o.tenant_id = {K} AND EXISTS (SELECT 1 FROM "
+    f"public.users o WHERE o.tenant_id = {K})",
+    f"SELECT * FROM public.users u, LATERAL (SELECT * FROM public.orders o WHERE "
+    f"o.tenant_id = {K}) x WHERE u.tenant_id = {K}",
+    f"WITH c AS (SELECT * FROM public.orders WHERE orders.tenant_id = {K}) SELECT * FROM c",
+    f"SELECT id FROM public.orders WHERE orders.tenant_id = {K} UNION SELECT id FROM {W} AS w",
+    f"UPDATE public.orders o SET status = 'x' FROM public.users u LEFT JOIN public.orders p ON "
+    f"p.tenant_id = {K} WHERE o.tenant_id = {K} AND u.tenant_id = {K}",
+    f"DELETE FROM public.orders USING public.users WHERE orders.tenant_id = {K} AND "
+    f"users.tenant_id = {K}",
+    f"INSERT INTO public.orders (id, tenant_id) SELECT id, tenant_id FROM public.users "
+    f"WHERE users.tenant_id = {K}",
+    f"INSERT INTO public.orders (id, tenant_id) SELECT u.id, u.tenant_id FROM public.users u "
+    f"WHERE u.tenant_id = {K} AND u.id > 3",
+    f"COPY (SELECT id FROM ONLY public.orders WHERE orders.tenant_id = {K}) TO STDOUT",
+    f"MERGE INTO public.orders t USING {W} AS s ON t.tenant_id = {K} WHEN MATCHED THEN DELETE",
+])
+def test_the_check_accepts_filtered_tables(sql: str) -> None:
+    assert checks(sql)
+
+
+@pytest.mark.parametrize("sql", [
+    # the filter missing, under OR or NOT, on another refname, key, column or operator
+    "SELECT * FROM public.orders o WHERE o.id = 1",
+    f"SELECT * FROM public.orders o WHERE o.id = 1 OR o.tenant_id = {K}",
+    f"SELECT * FROM public.orders o WHERE NOT (o.id = 1 AND o.tenant_id = {K})",
+    f"SELECT * FROM public.orders o WHERE orders.tenant_id = {K}",
+    f"SELECT * FROM public.orders o, public.users u WHERE u.tenant_id = {K} "
+    f"AND u.tenant_id = {K}",
+    "SELECT * FROM public.orders o WHERE o.tenant_id = 'globex'",
+    f"SELECT * FROM public.orders o WHERE o.user_id = {K}",
+    f"SELECT * FROM public.orders o WHERE o.tenant_id >= {K}",
+    f"SELECT * FROM public.orders o WHERE o.tenant_id = {K}::text",
+    f"SELECT * FROM public.orders o WHERE {K} = o.tenant_id",
+    f"SELECT * FROM public.orders o WHERE o.tenant_id IS NOT DISTINCT FROM {K}",
+    # in a subquery of the level, not in its WHERE
+    f"SELECT * FROM public.orders o WHERE EXISTS (SELECT 1 WHERE o.tenant_id = {K})",
+    f"SELECT * FROM public.orders o GROUP BY o.id HAVING o.tenant_id = {K}",
+    # a lateral subquery's table filtered by the outer item's name
+    f"SELECT * FROM public.users o, LATERAL (SELECT * FROM public.orders WHERE "
+    f"o.tenant_id = {K}) x WHERE o.tenant_id = {K}",
+    f"SELECT * FROM public.users u, LATERAL (SELECT * FROM public.orders o) x "
+    f"WHERE u.tenant_id = {K} AND x.tenant_id = {K}",
+    # a FULL JOIN's sides: an ON filter removes no row (a leak), a WHERE filter is not
+    # the join's meaning; either way only the derived table is accepted
+    f"SELECT * FROM public.users u FULL JOIN public.orders o ON o.tenant_id = {K} "
+    f"AND u.tenant_id = {K}",
+    f"SELECT * FROM public.users u FULL JOIN public.orders o ON true "
+    f"WHERE u.tenant_id = {K} AND o.tenant_id = {K}",
+    f"SELECT * FROM public.countries k FULL JOIN (public.users u LEFT JOIN public.orders o "
+    f"ON o.tenant_id = {K} AND u.tenant_id = {K}) ON true",
+    f"SELECT * FROM public.countries k FULL JOIN (public.users u LEFT JOIN public.orders o "
+    f"ON o.tenant_id = {K}) ON true",
+    # a LEFT JOIN's nullable side filtered in the WHERE: confined (a null-extended row
+    # fails the filter too), but an inner join then: not the form the rewriter writes
+    f"SELECT * FROM public.users u LEFT JOIN public.orders o ON true "
+    f"WHERE u.tenant_id = {K} AND o.tenant_id = {K}",
+    f"SELECT * FROM public.users u RIGHT JOIN public.orders o ON true "
+    f"WHERE u.tenant_id = {K} AND o.tenant_id = {K}",
+    # a preserved side filtered in the ON: every other tenant's row stays (a leak)
+    f"SELECT * FROM public.users u LEFT JOIN public.orders o ON u.tenant_id = {K} "
+    f"AND o.tenant_id = {K}",
+    f"SELECT * FROM public.users a LEFT JOIN (public.orders b LEFT JOIN public.users c ON "
+    f"b.tenant_id = {K} AND c.tenant_id = {K}) ON true WHERE a.tenant_id = {K}",
+    # an inner join's ON instead of the WHERE (as good, but not the form written)
+    f"SELECT * FROM public.orders o JOIN public.users u ON o.tenant_id = {K} "
+    f"AND u.tenant_id = {K}",
+    # joins without an ON for the nullable side, a join alias hiding the names
+    f"SELECT * FROM public.users NATURAL LEFT JOIN public.orders WHERE users.tenant_id = {K} "
+    f"AND orders.tenant_id = {K}",
+    f"SELECT * FROM public.users u LEFT JOIN public.orders o USING (id) "
+    f"WHERE u.tenant_id = {K} AND o.tenant_id = {K}",
+    f"SELECT * FROM (public.orders o JOIN public.users u ON true) AS j "
+    f"WHERE o.tenant_id = {K} AND u.tenant_id = {K}",
+    f"SELECT * FROM public.users a LEFT JOIN (public.orders b JOIN public.users c ON true) "
+    f"AS j ON b.tenant_id = {K} AND c.tenant_id = {K} WHERE a.tenant_id = {K}",
+    f"SELECT * FROM public.users a LEFT JOIN (public.orders b LEFT JOIN public.users c ON "
+    f"c.tenant_id = {K}) AS j ON true WHERE a.tenant_id = {K} AND b.tenant_id = {K}",
+    # a refname that is not only this table's; column aliases (tenant_id is now `id`)
+    f"SELECT * FROM public.orders_2025 AS orders, public.orders WHERE orders.tenant_id = {K}",
+    f"SELECT * FROM public.orders, CAST(1 AS int) WHERE orders.tenant_id = {K}",
+    f"SELECT * FROM public.orders o (tenant_id) WHERE o.tenant_id = {K}",
+    f"SELECT * FROM orders WHERE orders.tenant_id = {K}",  # unqualified
+    # writes: FROM/USING items filtered in the WHERE, the target's name its own
+    f"UPDATE public.orders o SET status = 'x' FROM public.users u WHERE o.tenant_id = {K}",
+    f"UPDATE public.orders SET status = 'x' FROM public.users AS orders "
+    f"WHERE orders.tenant_id = {K}",
+    f"DELETE FROM public.orders USING public.users u LEFT JOIN public.orders p ON true "
+    f"WHERE orders.tenant_id = {K} AND u.tenant_id = {K} AND p.tenant_id = {K}",
+    # a MERGE source is the preserved side of the MERGE's own join: derived tables only
+    f"MERGE INTO public.orders t USING public.users s ON t.tenant_id = {K} AND "
+    f"s.tenant_id = {K} WHEN MATCHED THEN DELETE",
+    f"INSERT INTO public.orders (id, tenant_id) SELECT id, tenant_id FROM public.users "
+    f"WHERE users.tenant_id = {K} OR true",
+    "INSERT INTO public.orders (id, tenant_id) SELECT u.id, u.tenant_id FROM public.users u "
+    "WHERE u.id > 3",
+    f"SELECT id FROM public.orders WHERE orders.tenant_id = {K} UNION SELECT id FROM "
+    "public.users",
+    "COPY (SELECT id FROM ONLY public.orders WHERE orders.tenant_id = 'x') TO STDOUT",
+])
+def test_the_check_refuses_tables_not_filtered_where_they_must_be(sql: str) -> None:
+    assert not checks(sql)
 
 
 def test_a_rewrite_that_fails_the_check_is_never_forwarded(monkeypatch) -> None:

@@ -10,7 +10,7 @@ import proxy.sql.cache as cache_module
 from proxy.sql import Analyzer, Scope, analyze_uncached, nodes, template
 from proxy.sql.rowmodel import RowCatalog, RowTable
 
-from tests.unit.test_sql_row_rewrite import CATALOG, SCOPE, confined
+from tests.unit.test_sql_row_rewrite import CATALOG, SCOPE
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -44,8 +44,10 @@ def test_pgbench_select_only_is_served_from_one_template(calls) -> None:
         assert decision.action == "rewrite"
     assert len(calls) == 1
     assert analyzer.hits / (analyzer.hits + analyzer.misses) > 0.99
-    assert decision.sql == (f"SELECT abalance FROM {confined('pgbench_accounts')} "
-                            f"AS pgbench_accounts WHERE aid = {aid * 7919 % 100000}")
+    # the tenant's filter sits next to the client's qual: no subquery, the index on aid serves
+    assert decision.sql == (f"SELECT abalance FROM public.pgbench_accounts WHERE "
+                            f"aid = {aid * 7919 % 100000} AND "
+                            f"pgbench_accounts.tenant_id = 'initech'")
 
 
 @pytest.mark.parametrize("first, second", [
@@ -83,6 +85,16 @@ def test_pgbench_select_only_is_served_from_one_template(calls) -> None:
     ("SELECT 1; SELECT * FROM orders WHERE id = 1", "SELECT 1; SELECT * FROM orders WHERE id = 2"),
     ("COPY (SELECT * FROM orders WHERE id = 1) TO STDOUT",
      "COPY (SELECT * FROM orders WHERE id = 22) TO STDOUT"),
+    # filters in ONs and WHEREs, fallbacks, writes with FROM items
+    ("SELECT u.id, count(o.id) FROM users u LEFT JOIN orders o ON o.user_id = u.id "
+     "AND o.total > 5 WHERE u.id < 10 OR u.email = 'x' GROUP BY u.id",
+     "SELECT u.id, count(o.id) FROM users u LEFT JOIN orders o ON o.user_id = u.id "
+     "AND o.total > 7 WHERE u.id < 12 OR u.email = 'y' GROUP BY u.id"),
+    ("SELECT * FROM users u FULL JOIN orders o ON o.total = 1",
+     "SELECT * FROM users u FULL JOIN orders o ON o.total = 2"),
+    ("UPDATE orders o SET total = 1 FROM users u WHERE u.id = 2",
+     "UPDATE orders o SET total = 3 FROM users u WHERE u.id = 4"),
+    ("SELECT * FROM orders WHERE status = 'initech'", "SELECT * FROM orders WHERE status = 'x'"),
 ])
 def test_a_hit_sends_what_a_fresh_rewrite_would(calls, first: str, second: str) -> None:
     analyzer = Analyzer()
@@ -131,18 +143,31 @@ def test_a_tenant_key_refusal_is_not_shared_by_shape(calls) -> None:
     assert len(calls) == 2  # the last one from the exact-text cache
 
 
-def test_templates_are_per_scope(calls) -> None:
+@pytest.mark.parametrize("sql", [
+    PGBENCH,
+    "SELECT * FROM users u LEFT JOIN orders o ON o.user_id = u.id AND o.total > {}",
+    "SELECT * FROM users u FULL JOIN orders o ON o.total > {}",
+    "DELETE FROM orders USING users u WHERE u.id = {}",
+])
+def test_templates_are_per_scope(calls, sql: str) -> None:
+    """The tenant key in a filter is never a template slot; another tenant's statement of
+    the same shape gets its own analysis and its own key in every filter."""
     analyzer = Analyzer()
     other = Scope("row", row_column="tenant_id", tenant_key="globex", row_catalog=CATALOG)
-    analyzer.analyze(PGBENCH.format(1), SCOPE)
-    decision = analyzer.analyze(PGBENCH.format(2), other)
-    assert "'globex'" in decision.sql and "'initech'" not in decision.sql
-    assert len(calls) == 2
+    mine = analyzer.analyze(sql.format(1), SCOPE)
+    theirs = analyzer.analyze(sql.format(2), other)
+    again = analyzer.analyze(sql.format(3), SCOPE)
+    assert "'initech'" in mine.sql and "'globex'" not in mine.sql
+    assert "'globex'" in theirs.sql and "'initech'" not in theirs.sql
+    assert mine.sql.count("'initech'") == theirs.sql.count("'globex'")  # one per filter
+    assert again.sql == analyze_uncached(sql.format(3), SCOPE, templates=False).sql
+    assert len(calls) == 2  # the third from the first one's template
 
 
 def test_literals_go_back_in_parentheses_unless_that_cannot_matter() -> None:
     def sql(text: str) -> str:
-        return analyze_uncached(text, SCOPE).sql.split(" AS orders ")[-1]
+        where = analyze_uncached(text, SCOPE).sql.split("FROM public.orders ")[-1]
+        return where.removesuffix(" AND orders.tenant_id = 'initech'")
 
     assert sql("SELECT * FROM orders WHERE id = 5") == "WHERE id = 5"
     assert sql("SELECT * FROM orders WHERE id = -5") == "WHERE id = (-5)"
@@ -163,8 +188,8 @@ def test_a_template_that_fails_its_check_falls_back_to_a_plain_rewrite(monkeypat
     monkeypatch.setattr(template.Templater, "finish", broken)
     decision = analyze_uncached(PGBENCH.format(1), SCOPE)
     assert decision.action == "rewrite" and decision.template is None
-    assert decision.sql == (f"SELECT abalance FROM {confined('pgbench_accounts')} "
-                            f"AS pgbench_accounts WHERE aid = 1")
+    assert decision.sql == ("SELECT abalance FROM public.pgbench_accounts WHERE aid = 1 "
+                            "AND pgbench_accounts.tenant_id = 'initech'")
 
 
 def test_decisions_that_read_a_literal_get_no_template() -> None:
