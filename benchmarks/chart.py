@@ -1,5 +1,6 @@
 """The PNG chart of a run (matplotlib, Agg backend): TPS, p50, p99 per scenario and target, and
 bytes per idle client. Runs with failures are hatched; skipped scenarios are listed in the title.
+Scenarios with the minimal relay (a, d) get a fourth bar.
 """
 
 from __future__ import annotations
@@ -7,8 +8,9 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-COLORS = {"direct": "#7f7f7f", "pgbouncer": "#1f77b4", "tenantgate": "#d62728"}
-TARGETS = ("direct", "pgbouncer", "tenantgate")
+COLORS = {"direct": "#7f7f7f", "pgbouncer": "#1f77b4", "tenantgate": "#d62728",
+          "relay": "#ff7f0e"}
+TARGETS = ("direct", "pgbouncer", "tenantgate", "relay")
 
 
 def write_chart(path: Path, entries: list[dict], subtitle: str) -> str | None:
@@ -28,6 +30,8 @@ def write_chart(path: Path, entries: list[dict], subtitle: str) -> str | None:
     _bars(axes[1][0], bench, "p99_ms", "p99 latency, ms, log scale (lower is better)", log=True)
     _idle_bars(axes[1][1], idle)
     title = "tenantgate vs PgBouncer vs direct PostgreSQL (pgbench, medians)"
+    if any("relay" in e["targets"] for e in bench):
+        title = title.replace(" (", " vs a minimal Python relay (", 1)
     if skipped:
         title += f" — skipped: {', '.join(skipped)}"
     fig.suptitle("\n".join([title, *textwrap.wrap(subtitle, 150)]), fontsize=9)
@@ -39,16 +43,21 @@ def write_chart(path: Path, entries: list[dict], subtitle: str) -> str | None:
 
 
 def _bars(ax, entries: list[dict], field: str, title: str, log: bool = False) -> None:
-    width = 0.27
-    for i, target in enumerate(TARGETS):
+    """One group of bars per scenario, one bar per target it ran (3, or 4 with the relay),
+    centred on the scenario's tick."""
+    width = 0.8 / max([len([t for t in TARGETS if t in e["targets"]]) for e in entries] or [3])
+    for target in TARGETS:
         xs, heights, hatches = [], [], []
         for j, entry in enumerate(entries):
             summary = entry["targets"].get(target)
             if summary is None or summary[field] is None:
                 continue
-            xs.append(j + (i - 1) * width)
+            present = [t for t in TARGETS if t in entry["targets"]]
+            xs.append(j + (present.index(target) - (len(present) - 1) / 2) * width)
             heights.append(summary[field])
             hatches.append("//" if summary["failed_runs"] else "")
+        if not xs:
+            continue  # a target no scenario here ran (the relay outside a and d)
         bars = ax.bar(xs, heights, width, label=target, color=COLORS[target])
         for bar, hatch in zip(bars, hatches):
             bar.set_hatch(hatch)
@@ -57,7 +66,8 @@ def _bars(ax, entries: list[dict], field: str, title: str, log: bool = False) ->
         ax.set_yscale("log")
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, title="hatched = failures", title_fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, title="hatched = failures", title_fontsize=7)
 
 
 def _idle_bars(ax, entries: list[dict]) -> None:

@@ -2,7 +2,9 @@
 the "latest results" block of benchmarks/README.md.
 
 Ratios are TPS ratios: tenantgate TPS / PgBouncer TPS and tenantgate TPS / direct TPS (1.00 =
-as fast; 0.50 = half the throughput). For the idle scenario the ratio is of bytes per client.
+as fast; 0.50 = half the throughput); where the minimal relay ran (scenarios a and d) also
+relay / PgBouncer, relay / direct and tenantgate / relay. For the idle scenario the ratio is of
+bytes per client.
 """
 
 from __future__ import annotations
@@ -71,6 +73,11 @@ def scenario_entry(scenario: Scenario, by_target: dict[str, list[RunResult]] | N
             "tenantgate/pgbouncer": _ratio(tps.get("tenantgate"), tps.get("pgbouncer")),
             "tenantgate/direct": _ratio(tps.get("tenantgate"), tps.get("direct")),
             "pgbouncer/direct": _ratio(tps.get("pgbouncer"), tps.get("direct"))}
+        if "relay" in tps:  # the minimal Python relay ran (scenarios a and d)
+            entry["ratios"].update({
+                "relay/pgbouncer": _ratio(tps.get("relay"), tps.get("pgbouncer")),
+                "relay/direct": _ratio(tps.get("relay"), tps.get("direct")),
+                "tenantgate/relay": _ratio(tps.get("tenantgate"), tps.get("relay"))})
         if p50.get("direct") is not None:
             entry["added_p50_ms_vs_direct"] = {
                 t: round(v - p50["direct"], 3) for t, v in p50.items()
@@ -81,6 +88,23 @@ def scenario_entry(scenario: Scenario, by_target: dict[str, list[RunResult]] | N
         entry["ratios"] = {"tenantgate/pgbouncer": _ratio(per.get("tenantgate"),
                                                           per.get("pgbouncer"))}
     return entry
+
+
+def summary_line(entries: list[dict]) -> str:
+    """One line on scenario (a) for the README: tenantgate against PgBouncer and, when the
+    relay ran, against the minimal relay; "" when (a) has no ratios."""
+    entry = next((e for e in entries if e["key"] == "a" and e.get("ratios")), None)
+    if entry is None:
+        return ""
+    ratios, targets = entry["ratios"], entry["targets"]
+    failed = any(s["failed_runs"] for s in targets.values())
+    parts = [f"tenantgate/pgbouncer {_num(ratios.get('tenantgate/pgbouncer'), '.2f')}"]
+    if "relay" in targets:
+        parts += [f"relay/pgbouncer {_num(ratios.get('relay/pgbouncer'), '.2f')}",
+                  f"tenantgate/relay {_num(ratios.get('tenantgate/relay'), '.2f')} (the share "
+                  "of a minimal framing Python relay's TPS that tenantgate reaches)"]
+    return ("(a) pgbench -S, 16 clients, TPS ratios: " + "; ".join(parts)
+            + (" — some runs had failures" if failed else "") + ".")
 
 
 # -- tables -----------------------------------------------------------------------------------
@@ -108,7 +132,7 @@ def throughput_table(entries: list[dict], labels: dict[str, str]) -> str:
             continue
         ratios = entry.get("ratios", {})
         for target, s in entry["targets"].items():
-            vs_pgb = ratios.get("tenantgate/pgbouncer") if target == "tenantgate" else None
+            vs_pgb = ratios.get(f"{target}/pgbouncer")  # tenantgate and relay rows
             vs_direct = ratios.get(f"{target}/direct") if target != "direct" else None
             targets = entry["targets"]
             rows.append((label, target, _num(s["tps"], ",.0f"), _num(s["p50_ms"], ".3f"),
@@ -138,6 +162,9 @@ def _target_note(entry: dict, target: str, summary: dict) -> str:
         notes.append(f"analysis cache hits {summary['cache_hit_ratio']:.2%}")
     if target == "direct" and entry.get("note"):
         notes.append(entry["note"])
+    vs_relay = entry.get("ratios", {}).get("tenantgate/relay")
+    if target == "tenantgate" and vs_relay is not None:
+        notes.append(f"×relay {_marked(vs_relay, entry['targets'].get('relay'), summary)}")
     notes += summary["problems"][:1]
     return "; ".join(notes)[:160]
 

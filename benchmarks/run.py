@@ -1,10 +1,11 @@
-"""Benchmark direct PostgreSQL, PgBouncer and tenantgate in one run on this machine.
+"""Benchmark direct PostgreSQL, PgBouncer, tenantgate (and a minimal relay) in one run here.
 
     .venv/bin/python benchmarks/run.py [--quick] [--scenarios a,b,...] [--duration S] [--repeat N]
 
 Starts a throwaway PostgreSQL (with the sample tenants and `pgbench -i -s 10` in database acme),
-PgBouncer (transaction mode) and tenantgate (transaction mode), both with the same pool size;
-runs each pgbench scenario against the three targets in turn (direct, pgbouncer, tenantgate,
+PgBouncer (transaction mode) and tenantgate (transaction mode), both with the same pool size,
+and, when a selected scenario uses it ((a) and (d)), the minimal relay of benchmarks/relay.py;
+runs each pgbench scenario against its targets in turn (direct, pgbouncer, tenantgate, relay,
 direct, …) for every repetition; prints the medians and ratios; writes
 benchmarks/results/latest.json and latest.png, and (unless --quick or --no-readme) the latest
 table into benchmarks/README.md. Installs nothing: benchmarks/setup.sh does that. Progress goes
@@ -87,6 +88,8 @@ class Bench:
         self.targets["tenantgate"] = self.services.start_tenantgate(max_clients)
         for mode in modes - {"both"}:
             self.row_gates[mode] = self.services.start_tenantgate(max_clients, enforce=mode)
+        if any("relay" in s.targets for s in self.scenarios if s.kind == "pgbench"):
+            self.targets["relay"] = self.services.start_relay()
         self.versions = self.services.versions()
         for name, target in self.targets.items():
             log(f"{name}: {target.host}:{target.port} as {target.user} to {target.dbname}")
@@ -245,16 +248,19 @@ def publish(args, bench: Bench, machine: dict, interrupted: bool, argv) -> int:
               + (" (INTERRUPTED: partial)" if interrupted else ""))
     tables = "\n\n".join(t for t in (report.throughput_table(entries, labels),
                                      report.idle_table(entries)) if t)
-    print(f"\n{header}\n{about}\n\n{tables}\n", flush=True)
+    summary = report.summary_line(entries)
+    print(f"\n{header}\n{about}\n\n{tables}\n" + (f"\n{summary}\n" if summary else ""),
+          flush=True)
     payload = {"command": command.strip(), "settings": settings, "machine": machine,
                "versions": bench.versions, "interrupted": interrupted, "scenarios": entries,
-               "target_log_excerpts": bench.logs}
+               "target_log_excerpts": bench.logs, "summary": summary or None}
     report.write_json(RESULTS / "latest.json", payload)
     problem = write_chart(RESULTS / "latest.png", entries, about)
     log(problem or f"wrote {RESULTS / 'latest.json'} and {RESULTS / 'latest.png'}")
     if not (args.quick or args.no_readme or interrupted):
         block = (f"Measured {about}.\n\n`{header}`\n\n{tables}\n\n"
-                 "![latest results](results/latest.png)\n")
+                 + (f"{summary}\n\n" if summary else "")
+                 + "![latest results](results/latest.png)\n")
         if report.update_readme(HERE / "README.md", block):
             log("updated the latest results in benchmarks/README.md")
     return 130 if interrupted else 0

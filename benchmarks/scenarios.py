@@ -2,6 +2,8 @@
 
 A scenario is a pgbench workload run against every target, an idle-clients measurement of the
 poolers, or a placeholder that is reported as skipped, with its reason, in the table.
+Scenarios (a) and (d) also run against "relay", the minimal Python relay of relay.py: how
+near PgBouncer a Python + uvloop proxy that frames every message can get on this machine.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from benchmarks.pgbench import Workload
 
 TARGETS = ("direct", "pgbouncer", "tenantgate")
 POOLERS = ("pgbouncer", "tenantgate")
+WITH_RELAY = (*TARGETS, "relay")
 
 
 @dataclass(frozen=True)
@@ -30,13 +33,14 @@ class Scenario:
 def all_scenarios(pool_size: int, idle_clients: int) -> dict[str, Scenario]:
     """Every scenario by its letter, in the order they run."""
     return {s.key: s for s in [
-        Scenario("a", "-S simple, 16 cl", "pgbench -S, simple protocol, 16 clients", "pgbench", Workload(16)),
+        Scenario("a", "-S simple, 16 cl", "pgbench -S, simple protocol, 16 clients", "pgbench", Workload(16),
+                 targets=WITH_RELAY),
         Scenario("b", "-S prepared, 16 cl", "pgbench -S -M prepared, 16 clients", "pgbench",
                  Workload(16, protocol="prepared")),
         Scenario("c", "TPC-B, 16 cl", "pgbench TPC-B-like (default script), 16 clients", "pgbench",
                  Workload(16, select_only=False), vacuum=True),
         Scenario("d", "-S, 1 client", "pgbench -S, 1 client (added latency per query)", "pgbench",
-                 Workload(1, threads=1)),
+                 Workload(1, threads=1), targets=WITH_RELAY),
         Scenario("e", f"-S, 500 cl/pool {pool_size}", f"pgbench -S, 500 clients over pool_size {pool_size}", "pgbench",
                  Workload(500)),
         Scenario("f", "row both, -S 16 cl", "row strategy, enforce both: pgbench -S, simple "

@@ -1,4 +1,5 @@
-"""The three targets of a benchmark run, started and stopped: PostgreSQL, PgBouncer, tenantgate.
+"""The targets of a benchmark run, started and stopped: PostgreSQL, PgBouncer, tenantgate and
+(for the scenarios that use it) the minimal relay of benchmarks/relay.py.
 
 `Services` owns every process and temp dir it starts; `close()` (also on Ctrl-C, through the
 caller's `finally`) stops them and removes the dirs. Everything listens on 127.0.0.1 on ports
@@ -42,13 +43,13 @@ class ServiceError(RuntimeError):
 class Target:
     """How pgbench (or any libpq client) reaches one target."""
 
-    name: str  # direct | pgbouncer | tenantgate
+    name: str  # direct | pgbouncer | tenantgate | relay
     host: str
     port: int
     user: str
     password: str
     dbname: str
-    pid: int | None = None  # the process whose RSS the idle scenario reads (poolers only)
+    pid: int | None = None  # its own process (poolers, relay): checked alive; idle RSS
     metrics_port: int | None = None  # tenantgate's /metrics (analysis cache counters)
 
 
@@ -110,9 +111,11 @@ class Services:
         self.procs: list[subprocess.Popen] = []
         self.row_db = False  # start_row_database ran
         self.tenantgate_logs: dict[int, Path] = {}  # pid → output of each tenantgate started
+        self.relay_log: Path | None = None
         self.direct: Target | None = None
         self.pgbouncer: Target | None = None
         self.tenantgate: Target | None = None
+        self.relay: Target | None = None
 
     # -- PostgreSQL --------------------------------------------------------------------------
 
@@ -280,6 +283,27 @@ class Services:
                                      pool_size=self.pool_size, extra="\n".join(extra),
                                      extra_tenants=tenants)
 
+    # -- the minimal relay ------------------------------------------------------------------
+
+    def start_relay(self) -> Target:
+        """`python -m benchmarks.relay` in front of PostgreSQL: one upstream connection per
+        client, startup and SCRAM passed through, so pgbench logs in as for `direct`."""
+        home = self.tmp / "relay"
+        home.mkdir()
+        port = free_port()
+        self.relay_log = log = home / "relay.out"
+        proc = self._spawn([sys.executable, "-m", "benchmarks.relay",
+                            "--listen", f"127.0.0.1:{port}",
+                            "--upstream", f"{self.pg.host}:{self.pg.port}"], cwd=REPO, log=log)
+        deadline = time.monotonic() + 30
+        while "relay: listening on" not in _tail(log, 200):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise ServiceError(f"relay did not start (exit {proc.poll()}):\n{_tail(log)}")
+            time.sleep(0.1)
+        self.relay = Target("relay", "127.0.0.1", port, self.info.backend_user,
+                            self.info.backend_password, BENCH_DB, proc.pid)
+        return self.relay
+
     def alive(self, target: Target) -> bool:
         """False when the target's own process (pooler) has exited."""
         for proc in self.procs:
@@ -292,17 +316,23 @@ class Services:
             return self.pg.log_tail()
         if target.name == "pgbouncer":
             return _tail(self.tmp / "pgbouncer" / "pgbouncer.log")
+        if target.name == "relay":
+            return _tail(self.relay_log) if self.relay_log else ""
         return _tail(self.tenantgate_logs[target.pid])
 
     def log_excerpts(self, lines: int = 20) -> dict[str, list[str]]:
-        """Warnings and errors the three targets logged during the run (for the JSON)."""
+        """Warnings and errors the targets logged during the run (for the JSON)."""
         def pick(text: str, pattern: str) -> list[str]:
             return [ln for ln in text.splitlines() if re.search(pattern, ln)][-lines:]
         bouncer = _tail(self.tmp / "pgbouncer" / "pgbouncer.log", 5000)
         gate = "\n".join(_tail(path, 5000) for path in self.tenantgate_logs.values())
-        return {"postgresql": pick(self.pg.log_tail(5000), r"ERROR|FATAL|PANIC"),
-                "pgbouncer": pick(bouncer, r"WARNING|ERROR|FATAL"),
-                "tenantgate": pick(gate, r"(?i)warn|error|critical|traceback|exception")}
+        excerpts = {"postgresql": pick(self.pg.log_tail(5000), r"ERROR|FATAL|PANIC"),
+                    "pgbouncer": pick(bouncer, r"WARNING|ERROR|FATAL"),
+                    "tenantgate": pick(gate, r"(?i)warn|error|critical|traceback|exception")}
+        if self.relay_log is not None:
+            excerpts["relay"] = pick(_tail(self.relay_log, 5000),
+                                     r"(?i)closing|error|traceback|exception")
+        return excerpts
 
     # -- processes ----------------------------------------------------------------------------
 
