@@ -10,8 +10,9 @@ the proxy adds or removes are ordered by the session's `ReplyTracker`. Mixed int
 from __future__ import annotations
 
 import functools
+import uuid
 
-from proxy.errors import NotSupported, ProxyError
+from proxy.errors import NotSupported, PolicyDenied, ProxyError
 from proxy.protocol import messages as m
 from proxy.refusals import raise_sql
 from proxy.replies import BOUND, CLOSED, DESCRIBED, EXECUTED, PARSED, READY
@@ -31,6 +32,7 @@ class ExtendedQuery:
                 "transaction pooling", rule="session-feature"), parse.query)
             return
         query = parse.query if decision.action == "allow" else decision.sql
+        self._note_key_params(parse.name, decision.key_params)
         if parse.name and self._can_defer_parse(decision):
             # Prepared lazily where it is used: a Parse+Sync (libpq's PQprepare) then
             # needs no server connection, so clients waiting for one cannot deadlock.
@@ -56,6 +58,13 @@ class ExtendedQuery:
             self.unnamed.parse_message = m.parse("", query, parse.param_oids)
             self._send_extended(self.unnamed.parse_message, PARSED)
             self.server.unnamed_owner = self.unnamed
+
+    def _note_key_params(self, name: str, numbers: frozenset[int]) -> None:
+        """Remember which parameters of statement `name` must hold the tenant key."""
+        if numbers:
+            self.key_params[name] = numbers
+        elif self.key_params:
+            self.key_params.pop(name, None)
 
     def _statements_deallocated(self) -> None:
         """DEALLOCATE ALL completed: the server dropped every named statement of the
@@ -151,6 +160,11 @@ class ExtendedQuery:
 
     def _on_bind(self, raw: bytes) -> None:
         bind = m.decode_bind(raw)  # checks the whole message: forwarded only if well formed
+        if self.key_params and bind.statement in self.key_params \
+                and not self._key_values_allowed(raw, self.key_params[bind.statement]):
+            self._refuse_extended(PolicyDenied(
+                "the tenant column can only hold the tenant's own key", rule="tenant-column"))
+            return
         if not self._ensure_server(m.BIND, raw):
             return
         if not self.session_pooling:
@@ -159,6 +173,16 @@ class ExtendedQuery:
                 raw = m.rename_bind(raw, bind.portal, server_name)
             self._bind_settings(bind.portal, bind.statement)
         self._send_extended(raw, BOUND)
+
+    def _key_values_allowed(self, raw: bytes, numbers: frozenset[int]) -> bool:
+        """False when a value bound for the tenant column is certainly not the tenant's key
+        (refused here, 42501, before any server sees it). What only the server can
+        decide — a binary value of a type the proxy does not read — goes on to the guard
+        the rewriter put around the parameter (22P02 there)."""
+        params = m.bind_parameters(raw)
+        key = self.plan.scope.tenant_key or ""
+        return not any(number <= len(params) and certainly_not_key(*params[number - 1], key)
+                       for number in numbers)
 
     def _bind_settings(self, portal: str, name: str) -> None:
         """The SET/transaction events of the bound statement apply at each Execute of
@@ -242,3 +266,29 @@ class ExtendedQuery:
         self._send(m.execute("", 0))
         self.tracker.expect(EXECUTED)
         self.server.unnamed_owner = None
+
+
+def certainly_not_key(fmt: int, value: bytes | None, key: str) -> bool:
+    """Whether a bound value (format code, bytes or None for NULL) is certainly not `key`.
+
+    NULL never is. A text-format value is the key only as the configuration writes it
+    (`07` for the key `7` is refused, though an integer column would take it). A binary
+    value is the key if its bytes are the key's text (text, varchar, name). For a key
+    that is an integer, a 2-, 4- or 8-byte value is read as a big-endian integer; any
+    other binary form of a number (numeric) is left to the server's guard (False: not
+    certain). For a uuid key, the uuid's 16 bytes. Any other key is text, so a value
+    that differs from its bytes is not it."""
+    if value is None:
+        return True
+    if value == key.encode():
+        return False
+    if fmt == 0:
+        return True
+    if key.isascii() and key.lstrip("-").isdigit():
+        if len(value) in (2, 4, 8):
+            return int.from_bytes(value, "big", signed=True) != int(key)
+        return False
+    try:
+        return value != uuid.UUID(key).bytes
+    except ValueError:
+        return True

@@ -75,6 +75,7 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
         self.leasing = None  # while a lease is under way: its Task or pool Waiter (cancel())
         self.reading_paused = False  # stopped reading a client that sent on while waiting
         self.statements: dict = {}
+        self.key_params: dict[str, frozenset[int]] = {}  # statement → params holding the key
         self.unnamed = None
         self._server_out: list[bytes] = []
         self._client_out: list[bytes] = []

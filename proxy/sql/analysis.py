@@ -57,6 +57,9 @@ class Decision:
     # The first statement that changes the schema (CreateStmt, DropStmt, …), for the audit
     # trail's `ddl` entries; None when there is none.
     ddl: str | None = None
+    # Row rewrites: numbers of the bound parameters that must equal the tenant key (the
+    # tenant column's values, also guarded on the server); checked by the session at Bind.
+    key_params: frozenset[int] = frozenset()
     # Row rewrites: the rewritten SQL as a template for statements of the same shape.
     template: template.Template | None = field(default=None, compare=False, repr=False)
 
@@ -195,7 +198,7 @@ def _rewrite_rows(sql: str, statements: list[Statement], reapply: list[list[tupl
                                   rule="rewrite-check"), len(statements), cacheable=False)
     return Decision("rewrite", sql=final, settings=tuple(ctx.settings),
                     session_state=ctx.session_state, statements=len(statements),
-                    rule="row-rewrite", template=made)
+                    rule="row-rewrite", template=made, key_params=frozenset(ctx.key_params))
 
 
 def _render(sql: str, statements: list[Statement], reapply: list[list[tuple[str, str]]],

@@ -63,6 +63,9 @@ class RowContext(Context):
     # a cached template must see the same literal there again.
     key_literals: set[int] = field(default_factory=set)
     compared: bool = False  # a client literal was compared with the key (allowed or not)
+    # Numbers of the bound parameters that must hold the tenant key (the tenant column's
+    # guarded values): the session checks them at Bind (Decision.key_params).
+    key_params: set[int] = field(default_factory=set)
     # (schema, table) of the tenant tables the statement reads through a derived table
     derived: set[tuple[str, str]] = field(default_factory=set)
 

@@ -298,7 +298,10 @@ def _guard_tree() -> dict[str, Any]:
 
 
 def guarded(ctx: RowContext, value: Any) -> dict[str, Any]:
-    """`CASE WHEN <value> = '<key>' THEN <value> WHEN <error> THEN NULL END`"""
+    """`CASE WHEN <value> = '<key>' THEN <value> WHEN <error> THEN NULL END`; the
+    parameter's number is noted for the session's check at Bind."""
+    if not ctx.verify:
+        ctx.key_params.add(parameter_number(value))
     tree = deepcopy(_guard_tree())
     first = tree["CaseExpr"]["args"][0]["CaseWhen"]
     first["expr"]["A_Expr"]["lexpr"] = strip_locations(value)
@@ -317,6 +320,14 @@ def is_guard(ctx: RowContext, node: Any) -> bool:
     except (KeyError, IndexError, TypeError):
         return False
     return _is_parameter(value) and strip_locations(node) == guarded(ctx, value)
+
+
+def parameter_number(node: Any) -> int:
+    """n of `$n` or `$n::type` (a node `_is_parameter` accepted)."""
+    item = unwrap(node)
+    if item[0] == "TypeCast":
+        item = unwrap(item[1].get("arg"))
+    return item[1]["number"]
 
 
 def _is_parameter(node: Any) -> bool:

@@ -983,21 +983,33 @@ BOUND_FORGERIES = [
     ("INSERT INTO accounts (tenant_id, email) VALUES ('initech', 'boss@initech.example') "
      "ON CONFLICT (email) DO UPDATE SET tenant_id = %s", (VICTIM,), "prepared"),
 ]
-GUARD_MESSAGE = "tenantgate: the tenant column can only hold the tenant's own key"
 
 
 @pytest.mark.parametrize("sql, params, via", BOUND_FORGERIES)
-def test_t34_a_bound_tenant_value_is_checked_by_the_server(gate, sql, params, via) -> None:
-    """README: a bound parameter for the tenant column is wrapped in a check the server
-    evaluates (its value is not in the statement the proxy analyses). Another tenant's
-    key fails there: 22P02 whose message carries the tenantgate reason, raised by the
-    rewritten statement before RLS would look at the row. With RLS alone the policy's
-    WITH CHECK refuses it (42501)."""
+def test_t34_a_bound_tenant_value_is_refused_at_bind(gate, sql, params, via) -> None:
+    """README: a bound parameter for the tenant column is checked by the proxy at Bind:
+    another tenant's key (or NULL) is 42501 before any server sees it. With RLS alone
+    the policy's WITH CHECK refuses it on the server (42501)."""
     if gate.rewrites:
-        out = gate.refused(sql, "22P02", params=params, via=via, by_proxy=False)
-        assert GUARD_MESSAGE in out.message, out
+        gate.refused(sql, "42501", params=params, via=via, by_proxy=True)
     else:
         gate.refused(sql, {"42501", "23502"}, params=params, via=via, by_proxy=False)
+
+
+@pytest.mark.parametrize("sql", [
+    "INSERT INTO orders (tenant_id, item) VALUES ($1, 'forged') RETURNING tenant_id",
+    "UPDATE orders SET tenant_id = $1 WHERE id = 1 RETURNING tenant_id",
+])
+def test_t34_a_binary_bound_tenant_value_is_refused_at_bind(gate, sql) -> None:
+    """asyncpg binds text in binary format: the value's bytes are the text, so the
+    proxy decides at Bind all the same; the own key goes through."""
+    before = gate.victim_rows()
+    out = gate.asyncpg_attempt(sql, VICTIM)
+    gate.assert_no_leak(out, sql)
+    assert out.sqlstate == "42501", out
+    if gate.rewrites:
+        assert out.message.startswith(REFUSED_BY_PROXY), out
+    assert gate.victim_rows() == before
 
 
 @pytest.mark.parametrize("via", ["extended", "prepared"])

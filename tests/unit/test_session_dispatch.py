@@ -94,3 +94,29 @@ def test_refusal_after_an_unsynced_close_is_answered_in_order(refused):
         expected.append(("Z", None))
     assert replies(s) == expected
     assert not s.unsynced
+
+
+# -- the tenant column's bound values (row strategy, rewrite/both) -------------------------
+
+from proxy.extended import certainly_not_key  # noqa: E402
+
+
+@pytest.mark.parametrize("fmt, value, key, refused", [
+    (0, None, "acme", True),  # NULL is never the key
+    (1, None, "7", True),
+    (0, b"acme", "acme", False),
+    (0, b"globex", "acme", True),
+    (0, b"07", "7", True),  # text format: the key as the configuration writes it
+    (1, b"acme", "acme", False),  # binary text is the text's bytes
+    (1, b"globex", "acme", True),
+    (1, (7).to_bytes(4, "big"), "7", False),  # int4
+    (1, (7).to_bytes(8, "big"), "7", False),  # int8
+    (1, (-3).to_bytes(2, "big", signed=True), "-3", False),  # int2
+    (1, (8).to_bytes(4, "big"), "7", True),
+    (1, b"\x00\x01\x00\x00\x00\x00\x00\x00\x00\x07", "7", False),  # numeric: the server decides
+    (1, bytes.fromhex("12345678123456781234567812345678"),
+     "12345678-1234-5678-1234-567812345678", False),  # uuid
+    (1, bytes(16), "12345678-1234-5678-1234-567812345678", True),
+])
+def test_certainly_not_key(fmt, value, key, refused):
+    assert certainly_not_key(fmt, value, key) is refused

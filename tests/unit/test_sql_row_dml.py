@@ -414,3 +414,17 @@ def test_every_rewritten_write_parses_again() -> None:
                 "MERGE INTO orders t USING users s ON true WHEN MATCHED THEN DELETE",
                 "COPY orders TO STDOUT"]:
         assert len(nodes.parse(rewritten(sql))) == 1
+
+
+@pytest.mark.parametrize("sql, numbers", [
+    ("INSERT INTO orders (tenant_id, item) VALUES ($1, $2)", {1}),
+    ("INSERT INTO orders (item, tenant_id) VALUES ($1, $2::text)", {2}),
+    ("INSERT INTO orders (tenant_id, item) VALUES ($2, $1), ($3, 'x')", {2, 3}),
+    ("UPDATE orders SET tenant_id = $1, item = $2 WHERE id = $3", {1}),
+    ("INSERT INTO orders (item) VALUES ($1)", set()),
+    ("SELECT * FROM orders WHERE tenant_id = $1", set()),  # a read: the filter decides
+])
+def test_the_bound_tenant_column_values_are_named_for_the_bind_check(sql, numbers):
+    decision = analyze_uncached(sql, SCOPE)
+    assert decision.action == "rewrite", decision
+    assert decision.key_params == frozenset(numbers)
