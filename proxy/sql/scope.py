@@ -6,7 +6,7 @@ analysis cache key, so it must stay small, frozen and hashable.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,16 @@ class Scope:
     # Row strategy: the tenant and shared tables of the tenant's database, from the
     # catalog (a proxy.sql.rowmodel.RowCatalog; hashable, compared by content).
     row_catalog: object | None = None
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Every analysis cache lookup hashes its Scope (twice for a statement seen by
+        # shape): hash the fields once, not per lookup.
+        values = tuple(getattr(self, f.name) for f in fields(self) if f.compare)
+        object.__setattr__(self, "_hash", hash(values))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 @dataclass(frozen=True)
