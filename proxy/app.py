@@ -20,6 +20,7 @@ from proxy.pause import Pauses
 from proxy.pool.pool import Pool
 from proxy.sql import Analyzer
 from proxy.tenancy.rowcatalogs import RowCatalogs
+from proxy.tenancy.sharedcatalogs import REFRESH_INTERVAL as SHARED_REFRESH_INTERVAL
 from proxy.tenancy.sharedcatalogs import SharedCatalogs
 
 EXPIRY_INTERVAL = 5.0  # seconds between idle-connection sweeps
@@ -112,11 +113,13 @@ class App:
             print(f"tenantgate: listening on {host}:{port}", flush=True)
         loop = asyncio.get_running_loop()
         expiry = loop.create_task(self._expire_idle())
+        refresh = loop.create_task(self._refresh_shared_catalogs())
         self._row_check = loop.create_task(self.row_catalogs.check_all())
         try:
             await self.stopped.wait()
         finally:
             expiry.cancel()
+            refresh.cancel()
             self._row_check.cancel()  # a check still waiting for an unreachable backend
             self.listener.close()
             for pool in self.pools.values():
@@ -129,6 +132,11 @@ class App:
             await asyncio.sleep(EXPIRY_INTERVAL)
             for pool in self.pools.values():
                 pool.expire_idle()
+
+    async def _refresh_shared_catalogs(self) -> None:
+        while True:
+            await asyncio.sleep(SHARED_REFRESH_INTERVAL)
+            await self.shared_catalogs.refresh()  # the current one: a reload replaces it
 
     def reload(self) -> str | None:
         """SIGHUP: validate the file again and swap the snapshot in, or keep the old one.

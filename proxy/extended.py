@@ -33,6 +33,9 @@ class ExtendedQuery:
             return
         query = parse.query if decision.action == "allow" else decision.sql
         self._note_key_params(parse.name, decision.key_params)
+        scope = self.plan.scope
+        if scope.shared_catalog is not None:  # a schema tenant
+            self.prepared_sql[parse.name] = (parse.query, scope.shared_catalog)
         if parse.name and self._can_defer_parse(decision):
             # Prepared lazily where it is used: a Parse+Sync (libpq's PQprepare) then
             # needs no server connection, so clients waiting for one cannot deadlock.
@@ -160,6 +163,8 @@ class ExtendedQuery:
 
     def _on_bind(self, raw: bytes) -> None:
         bind = m.decode_bind(raw)  # checks the whole message: forwarded only if well formed
+        if self.prepared_sql and not self._still_allowed(bind.statement):
+            return
         if self.key_params and bind.statement in self.key_params \
                 and not self._key_values_allowed(raw, self.key_params[bind.statement]):
             self._refuse_extended(PolicyDenied(
@@ -173,6 +178,24 @@ class ExtendedQuery:
                 raw = m.rename_bind(raw, bind.portal, server_name)
             self._bind_settings(bind.portal, bind.statement)
         self._send_extended(raw, BOUND)
+
+    def _still_allowed(self, name: str) -> bool:
+        """A schema tenant's statement prepared before the proxy loaded a newer catalog
+        of the shared schemas is analysed again (a view added since is refused at Bind,
+        THREATS 31). False when it was refused."""
+        entry = self.prepared_sql.get(name)
+        if entry is None:
+            return True
+        sql, catalog = entry
+        scope = self._current_shared_scope(self.plan.scope)
+        if scope.shared_catalog is catalog:
+            return True
+        decision = self.app.analyzer.analyze(sql, scope)
+        if decision.action == "deny":
+            self._refuse_extended(decision.error, sql)
+            return False
+        self.prepared_sql[name] = (sql, scope.shared_catalog)
+        return True
 
     def _key_values_allowed(self, raw: bytes, numbers: frozenset[int]) -> bool:
         """False when a value bound for the tenant column is certainly not the tenant's key

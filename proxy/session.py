@@ -12,6 +12,7 @@ client leaves (session pooling).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 from proxy.errors import (AdminShutdown, FatalError, InvalidEncoding, NotSupported,
@@ -76,6 +77,9 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
         self.reading_paused = False  # stopped reading a client that sent on while waiting
         self.statements: dict = {}
         self.key_params: dict[str, frozenset[int]] = {}  # statement → params holding the key
+        # Schema tenants: statement → (its SQL, the shared catalog it was analysed with),
+        # analysed again at Bind when the proxy has loaded a newer catalog since.
+        self.prepared_sql: dict[str, tuple[str, object]] = {}
         self.unnamed = None
         self._server_out: list[bytes] = []
         self._client_out: list[bytes] = []
@@ -207,7 +211,21 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
             self._on_terminate(raw)
 
     def _analyze(self, sql: str):
-        return self.app.analyzer.analyze(sql, self.plan.scope)
+        scope = self.plan.scope
+        if scope.shared_catalog is not None:  # a schema tenant: the newest catalog applies
+            scope = self._current_shared_scope(scope)
+        return self.app.analyzer.analyze(sql, scope)
+
+    def _current_shared_scope(self, scope):
+        """The session's scope with the newest shared-schema catalog the proxy loaded
+        (a view a DBA added since the login is then refused: THREATS 31)."""
+        plan = self.plan
+        latest = self.app.shared_catalogs.latest(plan.cluster, plan.database)
+        if latest is None or latest is scope.shared_catalog:
+            return scope
+        scope = dataclasses.replace(scope, shared_catalog=latest)
+        self.plan = dataclasses.replace(plan, scope=scope)
+        return scope
 
     def _on_query(self, raw: bytes) -> None:
         sql = m.decode_query(raw)

@@ -17,9 +17,8 @@ class Scope:
     schemas: tuple[str, ...] = ()  # schema strategy: the tenant's own schemas (catalog form)
     shared_schemas: tuple[str, ...] = ()  # readable by every tenant, never writable by one
     # Schema strategy: the relations of the shared schemas, from the catalog (a
-    # proxy.sql.sharedmodel.SharedCatalog; views there are refused). None: not loaded,
-    # so views cannot be told from tables and only the server-side backstop
-    # (restrict_nonsystem_relation_kind) stops them.
+    # proxy.sql.sharedmodel.SharedCatalog; views there are refused). None: not a schema
+    # tenant (its sessions swap in newer catalogs as the proxy loads them).
     shared_catalog: object | None = None
     # Settings the proxy pins on the server connection, as (name, value) in catalog form,
     # e.g. (("search_path", "globex, common"), ("role", "globex")). The analysis re-applies

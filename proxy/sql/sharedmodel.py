@@ -15,11 +15,9 @@ travels in `Scope.shared_catalog`, so it is part of every analysis cache key: it
 frozen, hashable (the hash is computed once) and compared by content; share one object
 per database so that comparisons stop at identity.
 
-A relation created after the catalog was loaded is unknown here and allowed through:
-the server-side backstop for that window is `restrict_nonsystem_relation_kind =
-'view, foreign-table'`, pinned on the tenant's server connections by the tenancy layer
-(the server then refuses every non-system view and foreign table, whatever the proxy
-knows; materialized views and inheritance are not covered by it).
+A relation created after the catalog was loaded is unknown here and allowed through
+until the next catalog the session uses (proxy.tenancy.sharedcatalogs: loaded at each
+login wave and again every few seconds).
 """
 
 from __future__ import annotations

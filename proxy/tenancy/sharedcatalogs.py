@@ -5,11 +5,12 @@ with its owner's rights, so the analysis refuses views, materialized views, fore
 tables and tables with children elsewhere by name (proxy.sql.sharedmodel). Every schema
 tenant login gets a catalog loaded after it arrived, so what a DBA created before the
 login is known: one query per wave of logins on a connection kept per (cluster,
-database) for it alone (logins that arrive during a load share the next one). A session
-keeps the catalog it logged in with: a view a DBA adds to a shared schema later reaches
-only the sessions that log in after it (README, "Schema strategy"). The server setting
-`restrict_nonsystem_relation_kind` would close that gap but also refuses the tenant's
-own views, so it is not used.
+database) for it alone (logins that arrive during a load share the next one).
+Sessions already connected pick up the newest catalog at their next statement: the
+running proxy loads every known catalog again each REFRESH_INTERVAL seconds, so a view a
+DBA adds to a shared schema is refused to every session within that interval (README,
+"Schema strategy"). The server setting `restrict_nonsystem_relation_kind` would close
+even that window but also refuses the tenant's own views, so it is not used.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import time
 
+from proxy.errors import ProxyError
 from proxy.pool.server import open_server_connection
 from proxy.sql.sharedmodel import SharedCatalog, relations_query
 
 PIN_SEARCH_PATH = "SET search_path = pg_catalog, pg_temp"
+REFRESH_INTERVAL = 5.0  # seconds between loads of the catalogs sessions use
 
 
 class SharedCatalogs:
@@ -46,6 +49,21 @@ class SharedCatalogs:
                     self._load(key))
                 task.add_done_callback(lambda _: self._loading.pop(key, None))
             await asyncio.shield(task)
+
+    def latest(self, cluster: str, database: str) -> SharedCatalog | None:
+        """The newest catalog loaded for `database` (None before the first)."""
+        loaded = self._loaded.get((cluster, database))
+        return loaded[1] if loaded is not None else None
+
+    async def refresh(self) -> None:
+        """Load every catalog already known again (REFRESH_INTERVAL, from the app). A
+        database that cannot be reached keeps its last catalog: its sessions cannot run
+        statements there either."""
+        for cluster, database in list(self._loaded):
+            try:
+                await self.get(cluster, database)
+            except (ProxyError, OSError):
+                continue
 
     async def _load(self, key: tuple[str, str]) -> None:
         started = time.monotonic()
