@@ -160,7 +160,12 @@ def _join_places(fields: dict[str, Any], place: _Filter | None
     """Where the filters of each side's tenant tables must be: a preserved side's in the
     join's own place, a nullable side's in the join's ON; none under a FULL JOIN's sides
     (both preserved), a NATURAL or USING join's nullable side (no ON), or, for the join's
-    own place, under its alias (which hides the names below)."""
+    own place, under its alias (which hides the names below).
+
+    Written again here rather than shared with rewrite_filters.join_places on purpose:
+    the proof reads the re-parsed tree by its own rules (stricter: NATURAL and USING are
+    tested by their flags, an unknown join type fails), so that a slip in the
+    rewriter's placement is not also a slip in its check."""
     kept = None if fields.get("alias") else place
     quals = fields.get("quals")
     has_on = quals and not fields.get("isNatural") and not fields.get("usingClause")
