@@ -410,3 +410,55 @@ def raw_login(host: str, port: int, user: str, password: str, database: str = "a
             sock.sendall(message(b"p", password.encode() + b"\0"))
         elif code != 0:
             raise AssertionError(f"unsupported authentication request {code}")
+
+
+# -- cancel requests and the queries they stop ------------------------------------------------
+
+CANCEL_REQUEST_CODE = 80877102
+
+
+def cancel_packet(pid: int, key: bytes) -> bytes:
+    """A CancelRequest for the BackendKeyData (pid, key)."""
+    return struct.pack("!II", 16, CANCEL_REQUEST_CODE) + struct.pack("!I", pid) + key
+
+
+def send_cancel(proxy, pid: int, key: bytes) -> bytes:
+    """Send one CancelRequest and wait until the proxy closes that connection (it has then
+    handled the request); what it answered (nothing, per protocol)."""
+    with raw_connect(proxy.host, proxy.port) as sock:
+        sock.sendall(cancel_packet(pid, key))
+        return recv_until_closed(sock)
+
+
+def psycopg_cancel(conn: psycopg.Connection) -> None:
+    """Cancel the connection's running query the way psycopg does (cancel_safe when there)."""
+    cancel = getattr(conn, "cancel_safe", None)
+    if cancel is not None:
+        cancel(timeout=10)
+    else:
+        conn.cancel()
+
+
+def marked_sleep(seconds: float, prefix: str = "cancel") -> tuple[str, str]:
+    """A sleeping query with a marker that identifies it in pg_stat_activity."""
+    import uuid
+
+    marker = f"{prefix}-{uuid.uuid4().hex[:12]}"
+    return marker, f"SELECT '{marker}' AS marker, pg_sleep({seconds})"
+
+
+def running(pg: LocalPostgres, marker: str) -> int:
+    """How many active queries on PostgreSQL carry `marker` (read directly on it)."""
+    return backend_query(pg, "postgres", "SELECT count(*) FROM pg_stat_activity WHERE state = "
+                         "'active' AND query LIKE %s AND pid <> pg_backend_pid()",
+                         (f"%{marker}%",))[0][0]
+
+
+def wait_running(pg: LocalPostgres, marker: str, timeout: float = 10.0,
+                 expect: bool = True) -> None:
+    """Poll PostgreSQL until the marked query is (or is no longer) running."""
+    deadline = time.monotonic() + timeout
+    while (running(pg, marker) > 0) != expect:
+        assert time.monotonic() < deadline, \
+            f"query {marker} {'never started' if expect else 'still running'}"
+        time.sleep(0.02)

@@ -21,36 +21,15 @@ import psycopg
 import pytest
 import scramp
 
-from tests.helpers import (error_fields, message, raw_connect, raw_login, read_message,
-                           recv_until_closed, startup_packet)
+from tests.helpers import (cancel_packet, error_fields, marked_sleep, message,
+                           psycopg_cancel, raw_connect, raw_login, read_message,
+                           recv_until_closed, running, send_cancel, startup_packet,
+                           wait_running)
 
 APP = "app-secret"
-CANCEL_REQUEST_CODE = 80877102
 CANCEL_DEADLINE = 3.0  # seconds; PostgreSQL answers in milliseconds, the margin is for CI
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def marked_sleep(seconds: float) -> tuple[str, str]:
-    """A sleeping query with a marker that identifies it in pg_stat_activity."""
-    marker = f"cancel-{uuid.uuid4().hex[:12]}"
-    return marker, f"SELECT '{marker}' AS marker, pg_sleep({seconds})"
-
-
-def running(pg, marker: str) -> int:
-    with psycopg.connect(pg.dsn(dbname="postgres"), autocommit=True, connect_timeout=10) as conn:
-        return conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s "
-            "AND pid <> pg_backend_pid()", (f"%{marker}%",)).fetchone()[0]
-
-
-def wait_running(pg, marker: str, timeout: float = 10.0, expect: bool = True) -> None:
-    """Poll PostgreSQL until the marked query is (or is no longer) running."""
-    deadline = time.monotonic() + timeout
-    while (running(pg, marker) > 0) != expect:
-        assert time.monotonic() < deadline, \
-            f"query {marker} {'never started' if expect else 'still running'}"
-        time.sleep(0.02)
 
 
 async def await_running(pg, marker: str, timeout: float = 10.0, expect: bool = True) -> None:
@@ -72,18 +51,6 @@ def blocked_update(row_id: int) -> tuple[str, str]:
     marker = f"cancel-{uuid.uuid4().hex[:12]}"
     return marker, (f"UPDATE items SET name = name WHERE id = {row_id} AND '{marker}' <> '' "
                     "RETURNING name")
-
-
-def cancel_packet(pid: int, key: bytes) -> bytes:
-    return struct.pack("!II", 16, CANCEL_REQUEST_CODE) + struct.pack("!I", pid) + key
-
-
-def send_cancel(proxy, pid: int, key: bytes) -> bytes:
-    """Send one CancelRequest and wait until the proxy closes that connection (it has then
-    handled the request); what it answered (nothing, per protocol)."""
-    with raw_connect(proxy.host, proxy.port) as sock:
-        sock.sendall(cancel_packet(pid, key))
-        return recv_until_closed(sock)
 
 
 def login_with_key(proxy, user: str = "app.acme") -> tuple[object, int, bytes]:
@@ -138,14 +105,6 @@ def query_message(sql: str) -> bytes:
 
 
 # -- psycopg -------------------------------------------------------------------------------------
-
-def psycopg_cancel(conn: psycopg.Connection) -> None:
-    cancel = getattr(conn, "cancel_safe", None)
-    if cancel is not None:
-        cancel(timeout=10)
-    else:
-        conn.cancel()
-
 
 def test_psycopg_cancel_from_another_thread(proxy, pg) -> None:
     marker, sql = marked_sleep(30)

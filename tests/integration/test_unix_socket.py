@@ -9,8 +9,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from tests.helpers import abackend_query
-from tests.integration.test_cancel import marked_sleep, psycopg_cancel, running, wait_running
+from tests.helpers import abackend_query, marked_sleep, psycopg_cancel, running, wait_running
 
 APP = "app-secret"
 

@@ -28,14 +28,14 @@ import pytest
 
 from proxy.localpg import free_port
 from proxy.observability.audit import read_entries
-from tests.helpers import RunningProxy, backend_query, raw_connect, recv_until_closed
+from tests.helpers import (RunningProxy, backend_query, cancel_packet, marked_sleep, raw_connect,
+                           recv_until_closed, running, wait_running)
 
 APP = "app-secret"
 WORKERS = 2
 EXTRA = f"workers: {WORKERS}"
 CANCEL_DEADLINE = 2.0  # seconds from sending a cancel to the client seeing 57014
 AUDIT_KEY = "k" * 32
-CANCEL_REQUEST_CODE = 80877102
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -70,25 +70,6 @@ def connect_until_every_worker(proxy, user: str = "app.acme", password: str = AP
 def close_all(conns) -> None:
     for conn in conns:
         conn.close()
-
-
-def marked_sleep(seconds: float) -> tuple[str, str]:
-    marker = f"workers-{uuid.uuid4().hex[:12]}"
-    return marker, f"SELECT '{marker}' AS marker, pg_sleep({seconds})"
-
-
-def running(pg, marker: str) -> int:
-    rows = backend_query(pg, "postgres", "SELECT count(*) FROM pg_stat_activity WHERE state = "
-                         "'active' AND query LIKE %s AND pid <> pg_backend_pid()",
-                         (f"%{marker}%",))
-    return rows[0][0]
-
-
-def wait_running(pg, marker: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while running(pg, marker) == 0:
-        assert time.monotonic() < deadline, f"query {marker} never started"
-        time.sleep(0.02)
 
 
 def worker_pids(proxy, since=None) -> dict[int, int]:
@@ -172,8 +153,8 @@ def cancel_once(proxy, pg) -> str:
     """Cancel a sleeping query while another client's query runs; 'forwarded' when the
     worker that took the CancelRequest was not the victim's, else 'local'."""
     mark = proxy.log_mark()
-    marker, sql = marked_sleep(30)
-    bystander_marker, bystander_sql = marked_sleep(1)
+    marker, sql = marked_sleep(30, "workers")
+    bystander_marker, bystander_sql = marked_sleep(1, "workers")
     with proxy.connect("app.acme", APP) as victim, proxy.connect("app.acme", APP) as bystander, \
             ThreadPoolExecutor(2) as pool:
         other = pool.submit(lambda: bystander.execute(bystander_sql).fetchone())
@@ -212,11 +193,6 @@ def test_cancel_works_whichever_worker_takes_the_request(proxy_factory, pg) -> N
         if routes["local"] >= 2 and routes["forwarded"] >= 2:
             break
     assert routes["local"] >= 2 and routes["forwarded"] >= 2, routes
-
-
-def cancel_packet(pid: int, key: bytes) -> bytes:
-    return (16).to_bytes(4, "big") + CANCEL_REQUEST_CODE.to_bytes(4, "big") \
-        + pid.to_bytes(4, "big") + key
 
 
 def test_a_forwarded_cancel_with_a_wrong_key_cancels_nothing(proxy_factory, pg) -> None:
