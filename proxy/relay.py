@@ -23,6 +23,25 @@ IDLE = ord("I")
 
 class ReplyRelay:
     def _server_data(self, data: bytes) -> None:
+        queue = self.tracker.queue
+        if len(queue) == 1 and queue[0].replies is READY and not queue[0].settings \
+                and self.server.scanner.whole_reply(data, COMPLETIONS):
+            self._whole_reply(data)
+        else:
+            self._replies(data)
+
+    def _whole_reply(self, data: bytes) -> None:
+        """The whole answer to the one pending simple Query, with no error, setting
+        report or COPY in it: the completions it holds end no entry (the Query's
+        ReadyForQuery does), so it is relayed as it is and only its end is read."""
+        self.tm.bytes_out(len(data))
+        self._client_out.append(data)
+        self._on_ready(data[-6:])
+        self._flush()
+        self._after_replies()
+
+    def _replies(self, data: bytes) -> None:
+        """Any server bytes: walked by `ReplyScanner.scan`, each tracked reply handled."""
         try:
             self.tm.bytes_out(len(data))
             scanner = self.server.scanner
@@ -68,6 +87,11 @@ class ReplyRelay:
         else:
             out.append(data[position:end])
         self._flush()
+        self._after_replies()
+
+    def _after_replies(self) -> None:
+        """The lease ends at ReadyForQuery outside a transaction; a draining or retiring
+        client is closed once idle."""
         if self.server is not None and self._may_release():
             self._release()
         elif (self.app.draining or self.retiring) and self.idle():

@@ -19,6 +19,8 @@ _INT32 = struct.Struct("!i")
 _unpack_int32 = _INT32.unpack_from
 HEADER = 5  # type byte + int32 length
 MAX_BUFFERED_REPLY = 1 << 30  # 1 GiB: PostgreSQL's own MaxAllocSize
+_READY = ord("Z")
+_READY_LENGTH = b"\x00\x00\x00\x05"
 
 
 class MessageReader:
@@ -196,6 +198,30 @@ class ReplyScanner:
         if self._pending_start < 0 and self._collecting():
             self._pending_start = 0  # an interesting message began earlier and goes on
         return events
+
+    def whole_reply(self, data: bytes, passable: frozenset[int]) -> bool:
+        """Whether `data`, from a message boundary, is whole messages that end with the
+        only ReadyForQuery, every other interesting one being in `passable`: then the
+        caller may relay it as it is and look at the last six bytes alone (the common
+        answer to one simple Query). Changes nothing; False sends it through `scan`."""
+        if self._skip or self._head or self._body is not None:
+            return False
+        last = len(data) - 6  # ReadyForQuery: 'Z', length 5, status
+        if last < 0 or data[last] != _READY or data[last + 1:last + 5] != _READY_LENGTH:
+            return False
+        interesting = self.interesting
+        pos = 0
+        while pos < last:
+            if last - pos < HEADER:
+                return False
+            typ = data[pos]
+            if typ in interesting and typ not in passable:
+                return False
+            length = _unpack_int32(data, pos + 1)[0]
+            if length < 4:
+                return False  # `scan` says what is wrong
+            pos += 1 + length
+        return pos == last
 
     def _collecting(self) -> bool:
         """An interesting message is still incomplete after this chunk."""

@@ -303,3 +303,55 @@ def test_pending_start_covers_an_interesting_message_spanning_three_chunks():
         held = scanner.pending_start
         forwarded += chunk[position:held if held >= 0 else len(chunk)]
     assert forwarded == stream
+
+
+# -- ReplyScanner.whole_reply: the relay's shortcut for one simple Query's whole answer --------
+
+def _typed(kind: bytes, body: bytes = b"") -> bytes:
+    return kind + struct.pack("!i", len(body) + 4) + body
+
+
+TRACKED = frozenset(b"ZCTInEStGHW12")  # as the relay's scanner: completions, errors, …
+PASSABLE = frozenset(b"CTIn12")  # completions: they end no entry while a Query is pending
+READY_I = _typed(b"Z", b"I")
+
+
+@pytest.mark.parametrize("data, whole", [
+    (_typed(b"T", b"x" * 20) + _typed(b"D", b"row") + _typed(b"C", b"SELECT 1\0") + READY_I,
+     True),
+    (_typed(b"N", b"notice") + _typed(b"C", b"SET\0") + READY_I, True),  # a notice passes
+    (READY_I, True),
+    (_typed(b"C", b"x\0") + _typed(b"E", b"SERROR\0\0") + READY_I, False),  # an error
+    (_typed(b"S", b"a\0b\0") + READY_I, False),  # a setting reported
+    (_typed(b"G", b"\0\0\0") + READY_I, False),  # COPY FROM STDIN starts
+    (READY_I + READY_I, False),  # two answers
+    (_typed(b"C", b"x\0") + READY_I[:-1], False),  # cut short
+    (_typed(b"D", b"row") + _typed(b"C", b"x\0"), False),  # no ReadyForQuery yet
+    (b"D\0\0\0\x09ro" + READY_I, False),  # a length that runs past the end
+    (b"D\0\0\0\x02" + READY_I, False),  # a length below 4: scan reports it
+])
+def test_whole_reply(data, whole):
+    assert ReplyScanner(TRACKED).whole_reply(data, PASSABLE) is whole
+
+
+def test_whole_reply_is_false_while_a_message_is_open():
+    scanner = ReplyScanner(TRACKED)
+    scanner.scan(_typed(b"D", b"x" * 10)[:7])  # a row cut in two
+    assert not scanner.whole_reply(READY_I, PASSABLE)
+
+
+_PIECES = st.sampled_from([_typed(b"T", b"desc"), _typed(b"D", b"row"), _typed(b"C", b"SELECT\0"),
+                           _typed(b"N", b"note"), _typed(b"I"), _typed(b"E", b"SERR\0\0"),
+                           _typed(b"S", b"a\0b\0"), READY_I, _typed(b"Z", b"T")])
+
+
+@given(st.lists(_PIECES, max_size=8), st.integers(min_value=0, max_value=3))
+def test_whole_reply_agrees_with_scan(pieces, cut):
+    """Whenever the shortcut takes a chunk, the full scan finds only passable messages and
+    one final ReadyForQuery whose bytes are the chunk's last six."""
+    data = b"".join(pieces)
+    data = data[:len(data) - cut] if cut else data
+    if ReplyScanner(TRACKED).whole_reply(data, PASSABLE):
+        events = ReplyScanner(TRACKED).scan(data)
+        assert events and events[-1].type == ord("Z") and events[-1].raw == data[-6:]
+        assert all(event.type in PASSABLE for event in events[:-1])
