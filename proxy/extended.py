@@ -19,6 +19,17 @@ from proxy.replies import BOUND, CLOSED, DESCRIBED, EXECUTED, PARSED, READY
 from proxy.statements import make_statement
 
 
+class BindCheck:
+    """What each Bind of one client statement checks (ExtendedQuery._bind_allowed)."""
+
+    __slots__ = ("sql", "catalog", "key_params")
+
+    def __init__(self, sql: str, catalog: object | None, key_params: frozenset[int]) -> None:
+        self.sql = sql  # the client's text, analysed again when the catalog is newer
+        self.catalog = catalog  # schema tenants: the shared catalog it was last allowed in
+        self.key_params = key_params  # numbers of the parameters that must hold the key
+
+
 class ExtendedQuery:
     def _on_parse(self, raw: bytes) -> None:
         parse = m.decode_parse(raw)
@@ -32,10 +43,7 @@ class ExtendedQuery:
                 "transaction pooling", rule="session-feature"), parse.query)
             return
         query = parse.query if decision.action == "allow" else decision.sql
-        self._note_key_params(parse.name, decision.key_params)
-        scope = self.plan.scope
-        if scope.shared_catalog is not None:  # a schema tenant
-            self.prepared_sql[parse.name] = (parse.query, scope.shared_catalog)
+        self._note_bind_check(parse.name, parse.query, decision.key_params)
         if parse.name and self._can_defer_parse(decision):
             # Prepared lazily where it is used: a Parse+Sync (libpq's PQprepare) then
             # needs no server connection, so clients waiting for one cannot deadlock.
@@ -62,17 +70,21 @@ class ExtendedQuery:
             self._send_extended(self.unnamed.parse_message, PARSED)
             self.server.unnamed_owner = self.unnamed
 
-    def _note_key_params(self, name: str, numbers: frozenset[int]) -> None:
-        """Remember which parameters of statement `name` must hold the tenant key."""
-        if numbers:
-            self.key_params[name] = numbers
-        elif self.key_params:
-            self.key_params.pop(name, None)
+    def _note_bind_check(self, name: str, sql: str, key_params: frozenset[int]) -> None:
+        """Remember what each Bind of statement `name` must check: the parameters that must
+        hold the tenant key, and for a schema tenant the shared catalog it was analysed
+        with. Nothing to check: the name's old entry goes."""
+        catalog = self.plan.scope.shared_catalog
+        if key_params or catalog is not None:
+            self.bind_checks[name] = BindCheck(sql, catalog, key_params)
+        elif self.bind_checks:
+            self.bind_checks.pop(name, None)
 
     def _statements_deallocated(self) -> None:
         """DEALLOCATE ALL completed: the server dropped every named statement of the
         connection (other clients' `tg_` ones too), and the client's names are gone."""
         self.statements.clear()
+        self.bind_checks.clear()
         if self.server is not None:
             self.server.statements.clear()
 
@@ -163,12 +175,8 @@ class ExtendedQuery:
 
     def _on_bind(self, raw: bytes) -> None:
         bind = m.decode_bind(raw)  # checks the whole message: forwarded only if well formed
-        if self.prepared_sql and not self._still_allowed(bind.statement):
-            return
-        if self.key_params and bind.statement in self.key_params \
-                and not self._key_values_allowed(raw, self.key_params[bind.statement]):
-            self._refuse_extended(PolicyDenied(
-                "the tenant column can only hold the tenant's own key", rule="tenant-column"))
+        check = self.bind_checks.get(bind.statement) if self.bind_checks else None
+        if check is not None and not self._bind_allowed(raw, check):
             return
         if not self._ensure_server(m.BIND, raw):
             return
@@ -179,22 +187,29 @@ class ExtendedQuery:
             self._bind_settings(bind.portal, bind.statement)
         self._send_extended(raw, BOUND)
 
-    def _still_allowed(self, name: str) -> bool:
+    def _bind_allowed(self, raw: bytes, check: BindCheck) -> bool:
+        """Refuse a Bind (False) whose statement is no longer allowed or whose tenant-column
+        values are certainly not the tenant's key."""
+        if check.catalog is not None and not self._still_allowed(check):
+            return False
+        if check.key_params and not self._key_values_allowed(raw, check.key_params):
+            self._refuse_extended(PolicyDenied(
+                "the tenant column can only hold the tenant's own key", rule="tenant-column"))
+            return False
+        return True
+
+    def _still_allowed(self, check: BindCheck) -> bool:
         """A schema tenant's statement prepared before the proxy loaded a newer catalog
         of the shared schemas is analysed again (a view added since is refused at Bind,
         THREATS 31). False when it was refused."""
-        entry = self.prepared_sql.get(name)
-        if entry is None:
-            return True
-        sql, catalog = entry
         scope = self._current_shared_scope(self.plan.scope)
-        if scope.shared_catalog is catalog:
+        if scope.shared_catalog is check.catalog:
             return True
-        decision = self.app.analyzer.analyze(sql, scope)
+        decision = self.app.analyzer.analyze(check.sql, scope)
         if decision.action == "deny":
-            self._refuse_extended(decision.error, sql)
+            self._refuse_extended(decision.error, check.sql)
             return False
-        self.prepared_sql[name] = (sql, scope.shared_catalog)
+        check.catalog = scope.shared_catalog
         return True
 
     def _key_values_allowed(self, raw: bytes, numbers: frozenset[int]) -> bool:

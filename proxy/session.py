@@ -71,15 +71,12 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
         self.portal_settings: dict[str, tuple] = {}  # events an Execute of the portal applies
         self.tx_settings = TransactionSettings(self._apply_settings, self._statements_deallocated)
         # The message that asked for a server connection, handled once it is attached;
-        # the messages after it wait in the reader (reading is paused meanwhile).
+        # the messages after it wait in the reader (reading pauses past HELD_BYTES).
         self.held: tuple[int, bytes] | None = None
         self.leasing = None  # while a lease is under way: its Task or pool Waiter (cancel())
         self.reading_paused = False  # stopped reading a client that sent on while waiting
         self.statements: dict = {}
-        self.key_params: dict[str, frozenset[int]] = {}  # statement → params holding the key
-        # Schema tenants: statement → (its SQL, the shared catalog it was analysed with),
-        # analysed again at Bind when the proxy has loaded a newer catalog since.
-        self.prepared_sql: dict[str, tuple[str, object]] = {}
+        self.bind_checks: dict = {}  # statement name → extended.BindCheck
         self.unnamed = None
         self._server_out: list[bytes] = []
         self._client_out: list[bytes] = []
@@ -332,6 +329,7 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
         """What DISCARD ALL resets of this client: its prepared statements and portals'
         settings, and its settings back to those of its startup packet."""
         self.statements.clear()
+        self.bind_checks.clear()
         self.unnamed = None
         self.portal_settings.clear()
         self.params = dict(self.startup_params)
