@@ -225,6 +225,7 @@ def config_rows(config) -> list[tuple[str, Any]]:
     HMAC key or a private key's location."""
     rows: list[tuple[str, Any]] = [
         ("config_file", config.path), ("listen", _address(config.listen)),
+        ("workers", config.workers),
         ("metrics", _address(config.metrics) if config.metrics else None),
         ("metrics_tenant_labels", config.metrics_tenant_labels),
         ("pool_mode", config.pool_mode), ("isolation_level", config.isolation_level),

@@ -138,13 +138,21 @@ class App:
             await asyncio.sleep(SHARED_REFRESH_INTERVAL)
             await self.shared_catalogs.refresh()  # the current one: a reload replaces it
 
+    def read_config_file(self):
+        """The configuration file as it is now, validated, and its TLS context: ConfigError
+        when it is refused. A worker keeps the settings only a restart changes."""
+        config = load_config(self.config.path)
+        ssl_context = build_ssl_context(config.tls, config.path)
+        if self.worker is not None:
+            config = self.worker.pin(config)
+        return config, ssl_context
+
     def reload(self) -> str | None:
         """SIGHUP: validate the file again and swap the snapshot in, or keep the old one.
 
         Returns why the file was refused (for the admin console's RELOAD), None when done."""
         try:
-            config = load_config(self.config.path)
-            ssl_context = build_ssl_context(config.tls, config.path)
+            config, ssl_context = self.read_config_file()
         except ConfigError as exc:
             self.log.error("reload failed, keeping the running configuration", error=str(exc))
             self.observer.config_reloaded(False, str(exc))
@@ -160,8 +168,7 @@ class App:
         self.analyzer = Analyzer(ttl=config.cache_ttl)
         # Tables may have been added or fixed: row databases are checked again.
         self.row_catalogs = RowCatalogs(config, self.log)
-        self.shared_catalogs.close()
-        self.shared_catalogs = SharedCatalogs(config)
+        self.shared_catalogs.reconfigure(config)
         self._row_check = asyncio.get_running_loop().create_task(self.row_catalogs.check_all())
         stale = [session for session in self.sessions if _changed_for(session, old, config)]
         for session in stale:

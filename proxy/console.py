@@ -15,7 +15,8 @@ import asyncio
 from proxy import __version__
 from proxy.admin import (CONSOLE_DATABASE, AdminError, Command, ResultSet, in_flight,
                          parse_commands, show)
-from proxy.errors import AdminShutdown, FatalError, ProtocolViolation, ProxyError, TenantRefused
+from proxy.errors import (AdminShutdown, ConfigError, FatalError, ProtocolViolation, ProxyError,
+                          TenantRefused)
 from proxy.protocol import messages as m
 from proxy.tenancy.resolve import filter_startup_params
 
@@ -156,15 +157,27 @@ class Console:
     # -- commands that act ----------------------------------------------------------------
 
     def _reload(self) -> bytes:
-        """This worker reloads now (so a bad file is reported here); with `workers: N` the
-        supervisor then sends SIGHUP to every worker, as a SIGHUP to it would."""
-        error = self.app.reload()
+        """Reload now; a bad file is reported here. With `workers: N` this worker only
+        checks the file, and the supervisor's SIGHUP reloads every worker, this one too
+        (reloading here as well would do it twice)."""
+        if self.app.worker is None:
+            error = self.app.reload()
+        else:
+            error = self._checked_file()
         if error is not None:
             raise AdminError(f"reload failed, the running configuration is kept: {error}",
                              sqlstate="F0000")
         if self.app.worker is not None:
             self.app.worker.reload_all()
         return m.command_complete("RELOAD")
+
+    def _checked_file(self) -> str | None:
+        try:
+            self.app.read_config_file()
+        except ConfigError as exc:
+            self.app.observer.config_reloaded(False, str(exc))
+            return str(exc)
+        return None
 
     async def _pause(self, tenant: str | None) -> bytes:
         """New transactions of `tenant` (None: everyone) wait; the reply comes when the

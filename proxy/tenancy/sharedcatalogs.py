@@ -50,6 +50,13 @@ class SharedCatalogs:
                 task.add_done_callback(lambda _: self._loading.pop(key, None))
             await asyncio.shield(task)
 
+    def reconfigure(self, config) -> None:
+        """A reload: later loads use `config` on new connections. The databases known so
+        far stay known, so `refresh` keeps their sessions' catalogs current (sessions
+        whose shared schemas changed are retired by the reload)."""
+        self.config = config
+        self.close()
+
     def latest(self, cluster: str, database: str) -> SharedCatalog | None:
         """The newest catalog loaded for `database` (None before the first)."""
         loaded = self._loaded.get((cluster, database))

@@ -17,12 +17,21 @@ APP = "app-secret"
 REFRESH_DEADLINE = 30.0  # seconds: the refresh runs every 5 s; the margin is for CI
 
 
-def test_a_view_added_after_login_is_refused_to_the_connected_session(proxy_factory, pg):
+@pytest.mark.parametrize("reload_first", [False, True], ids=["", "after-a-reload"])
+def test_a_view_added_after_login_is_refused_to_the_connected_session(proxy_factory, pg,
+                                                                      reload_first):
+    """`after-a-reload`: a SIGHUP between the login and the view must not make the proxy
+    forget which databases' catalogs its sessions use."""
     proxy = proxy_factory()
     view = f"common.tg_late_{uuid.uuid4().hex[:8]}"
     with proxy.connect("app.globex", APP) as conn:
         # Logged in (and the catalog loaded) before the view exists.
         assert conn.execute("SELECT count(*) FROM common.countries").fetchone()[0] >= 0
+        if reload_first:
+            mark = proxy.log_mark()
+            proxy.reload()
+            proxy.wait_until(lambda: "configuration reloaded" in proxy.logs(mark), 15,
+                             "the reload to finish")
         # Over hooli's table, but empty: the session may read it during the window.
         backend_query(pg, "shared", f"CREATE VIEW {view} AS SELECT id FROM hooli.items "
                                     "WHERE false")
