@@ -137,7 +137,8 @@ async def start_session(session, startup: StartupMessage) -> Console | None:
     row_catalog = shared_catalog = None
     if tenant is not None and tenant.strategy == "row" and not user.bypass:
         row_catalog = await app.row_catalogs.get(tenant.cluster, tenant.database)
-    if tenant is not None and tenant.strategy == "schema" and not user.bypass:
+    if tenant is not None and tenant.strategy == "schema" and not user.bypass \
+            and config.shared_schemas:  # else nothing is shared: no catalog to check
         shared_catalog = await app.shared_catalogs.get(tenant.cluster, tenant.database)
     plan = plan_session(config, user, tenant, params.get("database", params["user"]),
                         row_catalog=row_catalog, shared_catalog=shared_catalog)

@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from proxy.errors import NotSupported, PolicyDenied, ProxyError, StatementTooComplex
-from proxy.sql import ddl, nodes, policy, rewrite, rewrite_check, settings, template
+from proxy.sql import nodes, policy, rewrite, rewrite_check, settings, template
 from proxy.sql.deparse import deparse
 from proxy.sql.nodes import Statement
 from proxy.sql.reach import Context
@@ -27,7 +27,8 @@ STRATEGIES = ("database", "schema", "row", "bypass")
 _SEPARATOR = "\n;\n"  # the newline ends a trailing `--` comment of the statement before
 
 
-# Statement kinds audited as DDL besides those `ddl` checks (bypass logins run any of them).
+# Statement kinds audited as DDL (bypass logins run any of them): Create…, Alter…, Drop…
+# and these (the kinds `ddl.STATEMENTS` checks are all among them).
 DDL_PREFIXES = ("Create", "Alter", "Drop")
 DDL_KINDS = frozenset({"RenameStmt", "CommentStmt", "GrantStmt", "GrantRoleStmt",
                        "TruncateStmt", "IndexStmt", "ViewStmt", "CompositeTypeStmt",
@@ -93,7 +94,7 @@ def _ddl_kind(statements: list[Statement]) -> str | None:
     """The kind of the first schema-changing statement (audited as `ddl`), else None."""
     for statement in statements:
         kind = statement.kind
-        if kind in ddl.STATEMENTS or kind.startswith(DDL_PREFIXES) or kind in DDL_KINDS:
+        if kind.startswith(DDL_PREFIXES) or kind in DDL_KINDS:
             return kind
     return None
 

@@ -41,7 +41,8 @@ def is_system_schema(schema: str) -> bool:
 
 def check_relation(ctx: Context, schema: str | None, name: str, *, write: bool = False,
                    catalogname: str | None = None, noun: str = "relation") -> None:
-    """Refuse a relation outside the tenant's reach (42P01) or a forbidden catalog."""
+    """Refuse a relation outside the tenant's reach (42P01), a forbidden catalog, or for a
+    schema tenant an opaque relation of a shared schema (a view …: 42501 shared-view)."""
     if catalogname:
         raise NotSupported(f"cross-database references are not implemented: "
                            f"{catalogname}.{schema}.{name}", rule="cross-database")

@@ -178,11 +178,10 @@ def simple_select(targets: list[Any], from_items: list[Any], **extra: Any) -> di
 
 
 def derived_table(ctx: RowContext, found: Resolved, rv: dict[str, Any], *,
-                  sample: dict[str, Any] | None = None, inh: bool | None = None
-                  ) -> dict[str, Any]:
+                  sample: dict[str, Any] | None = None) -> dict[str, Any]:
     """`(SELECT * FROM [ONLY] s.t [TABLESAMPLE …] WHERE t.col = 'key') AS alias`"""
     inner: dict[str, Any] = {"schemaname": found.schema, "relname": found.name,
-                             "inh": rv.get("inh", False) if inh is None else inh,
+                             "inh": rv.get("inh", False),
                              "relpersistence": "p"}
     item = {"RangeVar": inner}
     if sample is not None:

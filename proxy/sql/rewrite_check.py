@@ -2,7 +2,9 @@
 
 The rewriter's output is deparsed, parsed again, run through the whole existing policy,
 and then through `verify_statement`, which proves on that final tree — not on the tree
-the rewriter built, and by its own reading of it — that tenant rows are confined:
+the rewriter built, and by its own reading of it (only the counting of refnames at a
+level, `rewrite_filters.refnames`, is shared with the rewriter) — that tenant rows are
+confined:
 
 * every reference to a tenant table that reads it is either the canonical derived table
   `(SELECT * FROM s.t WHERE t.<col> = '<key>')`, or a schema-qualified reference without

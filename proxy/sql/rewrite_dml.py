@@ -129,7 +129,7 @@ def _insert(ctx: RowContext, fields: dict[str, Any], ctes: Ctes) -> None:
     else:
         if query[0] != "SelectStmt":
             raise NotSupported("INSERT of this form is not supported", rule="node-allowlist")
-        rewrite.select(ctx, query[1], ctes)  # reads become confined derived tables first
+        rewrite.select(ctx, query[1], ctes)  # its reads are confined first
         if not names:
             names = _positional(table, _arity(query[1]))
             fields["cols"] = [_res_target(n) for n in names]
@@ -434,7 +434,7 @@ def _merge_insert(ctx: RowContext, clause: dict[str, Any], table: RowTable) -> N
 # --- COPY --------------------------------------------------------------------------------
 
 def copy(ctx: RowContext, fields: dict[str, Any]) -> None:
-    """COPY … TO: a tenant table becomes a query over its derived table."""
+    """COPY … TO: a tenant table becomes `SELECT … FROM ONLY s.t`, confined like any read."""
     if fields.get("is_from"):
         raise NotSupported("COPY FROM STDIN is not supported for the row strategy",
                            rule="row-strategy")

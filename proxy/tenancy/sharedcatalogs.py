@@ -21,8 +21,8 @@ import time
 from proxy.errors import ProxyError
 from proxy.pool.server import open_server_connection
 from proxy.sql.sharedmodel import SharedCatalog, relations_query
+from proxy.tenancy.rls import PIN_SEARCH_PATH, fetch
 
-PIN_SEARCH_PATH = "SET search_path = pg_catalog, pg_temp"
 REFRESH_INTERVAL = 5.0  # seconds between loads of the catalogs sessions use
 
 
@@ -47,8 +47,12 @@ class SharedCatalogs:
             if task is None or task.done():
                 task = self._loading[key] = asyncio.get_running_loop().create_task(
                     self._load(key))
-                task.add_done_callback(lambda _: self._loading.pop(key, None))
+                task.add_done_callback(lambda done: self._forget_load(key, done))
             await asyncio.shield(task)
+
+    def _forget_load(self, key: tuple[str, str], done: asyncio.Task) -> None:
+        if self._loading.get(key) is done:  # not a newer load started meanwhile
+            del self._loading[key]
 
     def reconfigure(self, config) -> None:
         """A reload: later loads use `config` on new connections. The databases known so
@@ -76,16 +80,17 @@ class SharedCatalogs:
         started = time.monotonic()
         conn = await self._connection(key)
         try:
-            rows = await conn.query(relations_query(self.config.shared_schemas))
+            rows = await fetch(conn, relations_query(self.config.shared_schemas))
         except BaseException:
             self._conns.pop(key, None)
             conn.close()
             raise
-        catalog = SharedCatalog.from_rows(
-            [[None if v is None else v.decode("utf-8") for v in row] for row in rows])
+        catalog = SharedCatalog.from_rows(rows)
         previous = self._loaded.get(key)
         if previous is not None and previous[1] == catalog:
-            catalog = previous[1]  # the same object: analysis cache keys compare by identity
+            # The same object: sessions and their prepared statements compare catalogs by
+            # identity (a new one means analysing again), and so do analysis cache keys.
+            catalog = previous[1]
         self._loaded[key] = (started, catalog)
 
     async def _connection(self, key: tuple[str, str]):

@@ -126,3 +126,12 @@ def test_standard_lets_tenants_call_their_own_functions() -> None:
     assert analyze_uncached("SELECT public.report(1)", DATABASE).action == "allow"
     denied("SELECT information_schema._pg_expandarray(a) FROM t", DATABASE, "42501",
            "function-allowlist")
+
+
+def test_every_statement_ddl_checks_is_audited_as_ddl():
+    """The audit's DDL test (prefixes and a list) covers every kind `ddl` checks."""
+    from proxy.sql import ddl
+    from proxy.sql.analysis import DDL_KINDS, DDL_PREFIXES
+
+    assert [kind for kind in ddl.STATEMENTS
+            if not (kind.startswith(DDL_PREFIXES) or kind in DDL_KINDS)] == []
