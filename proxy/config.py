@@ -252,7 +252,7 @@ _TOP_FIELDS: dict[str, Callable] = {
     "max_client_connections": YamlReader.integer,
     "max_message_size": YamlReader.integer,
     "shutdown_timeout": lambda r, node, where: r.seconds(node, where, zero_ok=True),
-    "workers": lambda r, node, where: _workers(r, node, where),
+    "workers": lambda r, node, where: _workers(r, node, where),  # defined further down
 }
 _CLUSTER_FIELDS: dict[str, Callable] = {
     "hosts": lambda r, node, where: tuple(r.address(h, where) for h in r.sequence(node, where)),

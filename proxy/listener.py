@@ -1,4 +1,4 @@
-"""The accept loop, client-facing TLS, and forwarding of cancel requests to servers.
+"""The accept loop and client-facing TLS.
 
 With `workers: N` every worker binds the listen address with SO_REUSEPORT and the kernel
 spreads new connections over them; the supervisor first checks with a plain bind that no

@@ -48,9 +48,9 @@ audit verify` is unchanged. Entries a worker had queued when it crashed are lost
 supervisor logs the crash.
 
 Admin console. A console client lands on one worker, like any client: what it shows and
-changes (clients, servers, pools, PAUSE, KILL) is that worker's. `WorkerLink.
-whole_proxy_metrics()` adds up every worker's per-tenant counts (for SHOW STATS) and
-`WorkerLink.reload_all()` makes a RELOAD reach every worker.
+changes (clients, servers, pools, PAUSE, KILL, SHOW STATS) is that worker's (the
+combined counts are on /metrics); `WorkerLink.reload_all()` makes a RELOAD reach every
+worker.
 """
 
 from __future__ import annotations
