@@ -64,6 +64,14 @@ class Decision:
     # Row rewrites: the rewritten SQL as a template for statements of the same shape.
     template: template.Template | None = field(default=None, compare=False, repr=False)
 
+    def with_sql(self, sql: str) -> Decision:
+        """This decision with another SQL text: a template hit, once per statement
+        (a shallow copy of the fields, ~0.3 µs; dataclasses.replace takes ~2 µs)."""
+        copy = object.__new__(Decision)
+        copy.__dict__.update(self.__dict__)
+        copy.__dict__["sql"] = sql
+        return copy
+
 
 def analyze_uncached(sql: str, scope: Scope, *, templates: bool = True) -> Decision:
     """Decide on `sql` for a tenant of `scope`; never does I/O, never raises.

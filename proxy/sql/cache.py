@@ -9,6 +9,11 @@ settings, pool mode, level), so no decision is ever shared between scopes:
   statements that differ only in literals share one entry. Only decisions that did
   not read any literal go there (`Decision.shape_cacheable`); a decision that read
   `SET search_path TO a` or `nextval('s')` is never reused for `… b` or `nextval('t')`.
+  With the row rewrite, whose template lookup already cut a plain statement's shape
+  (proxy.sql.template.fast_shape), the shape is first looked up by that key. The entry
+  is stored under it too, but only when normalize replaced exactly the constants the
+  plain shape masks: then every statement of that plain shape has the same normalized
+  text, and the key is an alias. (Elsewhere normalize alone is as fast.)
 
 * template shape → Template (row strategy with the rewrite): a rewritten statement
   embeds its literals, so what is shared is the rewrite with holes for them
@@ -23,7 +28,7 @@ cost more memory than re-analysing them costs time).
 
 from __future__ import annotations
 
-import dataclasses
+import re
 import time
 from itertools import islice
 from typing import Callable
@@ -36,6 +41,7 @@ from proxy.sql.rewrite import rewriting
 from proxy.sql.scope import Scope
 
 MAX_CACHED_CHARS = 8192
+_PARAMETER = re.compile(r"\$\d+")
 
 _Entry = tuple[float, Decision]  # (expires at, decision)
 _Key = tuple[object, Scope]
@@ -64,10 +70,19 @@ class Analyzer:
             self.hits += 1
             return entry[1]
         if rewriting(scope):
-            decision = self._from_template(sql, scope, now)
+            found = template.shape(sql)
+            decision = self._from_template(found, scope, now) if found is not None else None
             if decision is not None:
                 self.hits += 1
                 return decision
+            plain = found if found is not None and found.plain else None
+        else:
+            plain = None
+        if plain is not None:
+            entry = self._shape.get((plain.key, scope))
+            if entry is not None and entry[0] > now:
+                self.hits += 1
+                return entry[1]
         shape = _shape(sql)
         if shape is not None:
             entry = self._shape.get((shape, scope))
@@ -76,19 +91,19 @@ class Analyzer:
                 self._store(self._exact, key, entry)
                 return entry[1]
         self.misses += 1
-        return self._analyze(key, shape, now)
+        return self._analyze(key, shape, plain, now)
 
-    def _from_template(self, sql: str, scope: Scope, now: float) -> Decision | None:
+    def _from_template(self, found: template.Shape, scope: Scope, now: float) -> Decision | None:
         """A row rewrite of the same shape, filled with this statement's literals."""
-        found = template.shape(sql)
-        entry = self._templates.get((found.key, scope)) if found is not None else None
+        entry = self._templates.get((found.key, scope))
         if entry is None or entry[0] <= now:
             return None
         decision = entry[1]
         text = decision.template.fill(found) if decision.template is not None else None
-        return dataclasses.replace(decision, sql=text) if text is not None else None
+        return decision.with_sql(text) if text is not None else None
 
-    def _analyze(self, key: tuple[str, Scope], shape: str | None, now: float) -> Decision:
+    def _analyze(self, key: tuple[str, Scope], shape: str | None,
+                 plain: template.Shape | None, now: float) -> Decision:
         decision = analyze_uncached(*key)
         if len(key[0]) > MAX_CACHED_CHARS:
             return decision
@@ -96,6 +111,8 @@ class Analyzer:
         self._store(self._exact, key, entry)
         if shape is not None and decision.shape_cacheable:
             self._store(self._shape, (shape, key[1]), entry)
+            if plain is not None and _normalized_alike(plain, shape):
+                self._store(self._shape, (plain.key, key[1]), entry)
         if decision.template is not None:
             self._store(self._templates, (decision.template.key, key[1]), entry)
         return decision
@@ -117,6 +134,17 @@ class Analyzer:
 
     def __len__(self) -> int:
         return len(self._exact) + len(self._shape) + len(self._templates)
+
+
+def _normalized_alike(plain: template.Shape, normalized: str) -> bool:
+    """Did normalize replace exactly the constants the plain shape masks, by `$n`, and
+    change nothing else? (A plain statement has no `$` of its own.)"""
+    pieces, done = [], 0
+    for start, end in plain.spans:
+        pieces += (plain.text[done:start], "$")
+        done = end
+    pieces.append(plain.text[done:])
+    return "".join(pieces) == _PARAMETER.sub("$", normalized)
 
 
 def _shape(sql: str) -> str | None:
