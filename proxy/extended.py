@@ -52,7 +52,7 @@ class ExtendedQuery:
             self._register_named(parse.name, make_statement(query, parse.param_oids,
                                                             decision.settings))
             return
-        if not self._ensure_server(m.PARSE, raw):
+        if not self._ensure_server(m.PARSE, raw, (parse.query, decision)):
             return  # handled again, and audited, once a server connection is attached
         if self.app.observer.audit is not None:
             self.app.observer.statement(self, parse.query, decision.ddl)

@@ -33,12 +33,26 @@ class ReplyRelay:
     def _whole_reply(self, data: bytes) -> None:
         """The whole answer to the one pending simple Query, with no error, setting
         report or COPY in it: the completions it holds end no entry (the Query's
-        ReadyForQuery does), so it is relayed as it is and only its end is read."""
-        self.tm.bytes_out(len(data))
-        self._client_out.append(data)
-        self._on_ready(data[-6:])
-        self._flush()
-        self._after_replies()
+        ReadyForQuery does), so it is relayed as it is and only its last byte, the
+        transaction status, is read. `_on_ready` and `_after_replies` for this one case,
+        the most common of all, in one call."""
+        status = data[-1]
+        self.tx_status = status
+        self.tracker.on_ready()
+        now = time.perf_counter()
+        self.tm.answered(now - self.request_started, len(data), status == IDLE)
+        self.request_started = now
+        self.tx_settings.ready(status, False)
+        if self._client_out:
+            self._client_out.append(data)
+            self._flush()
+        else:
+            self.write(data)
+        if status == IDLE and not self.session_pooling and not self.unsynced \
+                and not self.tracker.queue:
+            self._release()
+        else:
+            self._after_replies()
 
     def _replies(self, data: bytes) -> None:
         """Any server bytes: walked by `ReplyScanner.scan`, each tracked reply handled."""

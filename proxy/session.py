@@ -24,6 +24,7 @@ from proxy.protocol.framing import MessageReader, StartupReader
 from proxy.refusals import raise_sql
 from proxy.relay import IDLE, ReplyRelay
 from proxy.replies import READY, ReplyTracker
+from proxy.tenancy.strategy import interned
 from proxy.txsettings import TransactionSettings
 
 FAILED = ord("E")  # ReadyForQuery: inside a failed transaction block
@@ -73,6 +74,7 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
         # The message that asked for a server connection, handled once it is attached;
         # the messages after it wait in the reader (reading pauses past HELD_BYTES).
         self.held: tuple[int, bytes] | None = None
+        self.held_analysis: tuple | None = None  # (sql, scope, decision) of the held message
         self.leasing = None  # while a lease is under way: its Task or pool Waiter (cancel())
         self.reading_paused = False  # stopped reading a client that sent on while waiting
         self.statements: dict = {}
@@ -80,6 +82,9 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
         self.unnamed = None
         self._server_out: list[bytes] = []
         self._client_out: list[bytes] = []
+        # The callbacks of an attached server connection, bound once (attached per lease).
+        self._on_server_data = self._server_data
+        self._on_server_lost = self._server_lost
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -173,12 +178,19 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
 
     def _process_client_messages(self) -> None:
         reader = self.reader
-        if self.tracker.idle:
+        if not self.tracker.queue:  # idle: a new request starts
             self.request_started = time.perf_counter()
         # While a lease is being taken the messages after the one that asked for it stay
         # in the reader: `_lease` comes back here once the server connection is attached.
         while not self.closed and self.leasing is None and (message := reader.next()) is not None:
-            self._handle(*message)
+            mtype, raw = message
+            if mtype == m.QUERY and not self.skip_to_sync:  # the most common, without the table
+                try:
+                    self._on_query(raw)
+                except InvalidEncoding as exc:
+                    self._refuse_invalid_text(mtype, exc)
+            else:
+                self._handle(mtype, raw)
         self._flush()
 
     def _handle(self, mtype: int, raw: bytes) -> None:
@@ -211,6 +223,9 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
         scope = self.plan.scope
         if scope.shared_catalog is not None:  # a schema tenant: the newest catalog applies
             scope = self._current_shared_scope(scope)
+        held, self.held_analysis = self.held_analysis, None
+        if held is not None and held[0] == sql and held[1] is scope:
+            return held[2]  # analysed before the wait for a server, in the same scope
         return self.app.analyzer.analyze(sql, scope)
 
     def _current_shared_scope(self, scope):
@@ -220,24 +235,28 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
         latest = self.app.shared_catalogs.latest(plan.cluster, plan.database)
         if latest is None or latest is scope.shared_catalog:
             return scope
-        scope = dataclasses.replace(scope, shared_catalog=latest)
-        self.plan = dataclasses.replace(plan, scope=scope)
-        return scope
+        self.plan = interned(dataclasses.replace(
+            plan, scope=dataclasses.replace(scope, shared_catalog=latest)))
+        return self.plan.scope
 
     def _on_query(self, raw: bytes) -> None:
         sql = m.decode_query(raw)
-        decision = self._analyze(sql)
+        scope = self.plan.scope  # `_analyze` written out: this runs for every Query
+        if scope.shared_catalog is not None or self.held_analysis is not None:
+            decision = self._analyze(sql)
+        else:
+            decision = self.app.analyzer.analyze(sql, scope)
         if decision.action == "deny":
             self._refuse_simple(decision.error, sql)
             return
         if decision.action == "local":
             self._answer_locally(decision.local, sql)
             return
-        if not self._ensure_server(m.QUERY, raw):
+        if not self._ensure_server(m.QUERY, raw, (sql, decision)):
             return
         if self.app.observer.audit is not None:
             self.app.observer.statement(self, sql, decision.ddl)
-        self._send(raw if decision.action == "allow" else m.query(decision.sql))
+        self._server_out.append(raw if decision.action == "allow" else m.query(decision.sql))
         self.tracker.expect(READY, settings=decision.settings)
         self.server.unnamed_owner = None  # a simple Query replaces the unnamed statement
         if decision.session_state:
@@ -266,12 +285,15 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
         self._client_out.append(self.tracker.answer(data))
 
     def _flush(self) -> None:
-        if self._server_out and self.server is not None:
-            self.server.write(b"".join(self._server_out))
-        self._server_out.clear()
-        if self._client_out:
-            self.write(b"".join(self._client_out))
-            self._client_out.clear()
+        out = self._server_out
+        if out:
+            if self.server is not None:
+                self.server.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+        out = self._client_out
+        if out:
+            self.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
 
     # -- refusals ---------------------------------------------------------------------
 
@@ -345,8 +367,9 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
 
     # -- leasing ----------------------------------------------------------------------
 
-    def _ensure_server(self, mtype: int, raw: bytes) -> bool:
-        """True if a server connection is attached; else hold the message and lease one."""
+    def _ensure_server(self, mtype: int, raw: bytes, analysed: tuple | None = None) -> bool:
+        """True if a server connection is attached; else hold the message and lease one.
+        `analysed`: (sql, decision) of a Query or Parse, kept for when it is handled again."""
         if self.server is not None:
             return True
         pool = self.pool
@@ -356,6 +379,8 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
             self._attach(conn)
             return True
         self.held = (mtype, raw)
+        if analysed is not None:  # (sql, scope analysed in, decision): not analysed twice
+            self.held_analysis = (analysed[0], self.plan.scope, analysed[1])
         if conn is None and not paused and pool.full:
             # The common wait under load: `release` hands the next free connection to
             # `_handed_over` directly, no task and no future in between.
@@ -417,7 +442,7 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
 
     def _attach(self, conn) -> None:
         self.server = conn
-        conn.attach(self._server_data, self._server_lost)
+        conn.attach(self._on_server_data, self._on_server_lost)
 
     def lease_for_session(self, conn) -> None:
         """Session pooling: hold `conn` until the client leaves."""

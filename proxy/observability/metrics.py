@@ -100,6 +100,14 @@ class TenantMetrics:
     def query(self, seconds: float) -> None:
         self._c.query.observe(seconds)
 
+    def answered(self, seconds: float, sent: int, transaction_ended: bool) -> None:
+        """A request answered: `query`, `bytes_out` and (if so) `transaction` in one call."""
+        counts = self._c
+        counts.bytes_out += sent
+        counts.query.observe(seconds)
+        if transaction_ended:
+            counts.transactions += 1
+
     def error(self) -> None:
         self._c.errors += 1
 

@@ -107,11 +107,16 @@ class Pool:
         idle = self.idle
         while idle and idle[-1].closed:  # the server went away while it sat in the pool
             self.discard(idle.pop())
-        for index in range(len(idle) - 1, max(len(idle) - 1 - AFFINITY_SCAN, -1), -1):
+        if not idle:
+            return None
+        last = idle[-1]
+        if last.context_key == context_key and not last.dirty:  # the common case
+            return idle.pop()
+        for index in range(len(idle) - 2, max(len(idle) - 1 - AFFINITY_SCAN, -1), -1):
             conn = idle[index]
             if conn.context_key == context_key and not conn.dirty and not conn.closed:
                 return idle.pop(index)
-        return idle.pop() if idle else None
+        return idle.pop()
 
     async def acquire(self, context_key: tuple) -> ServerConnection:
         """A connection for this pool, opening one or waiting at most `wait_timeout`."""
@@ -183,7 +188,8 @@ class Pool:
         if conn.cancels:  # comes back when the server has taken the cancel
             conn.held_back = True
             return
-        if conn.closed or not conn.reusable or self.retired or self._too_old(conn):
+        if conn.closed or not conn.reusable or self.retired \
+                or conn.last_used - conn.created_at > self.cluster.max_lifetime:  # too old
             self.discard(conn)
             return
         waiters = self.waiters
@@ -240,9 +246,6 @@ class Pool:
             return
         if not waiter.deliver(conn):
             self.release(conn)
-
-    def _too_old(self, conn: ServerConnection) -> bool:
-        return time.monotonic() - conn.created_at > self.cluster.max_lifetime
 
     def expire_idle(self) -> int:
         """Close connections idle longer than `idle_timeout`; returns how many."""

@@ -58,7 +58,8 @@ class ServerConnection(asyncio.Protocol):
         self.statements = ServerStatements()  # protocol-level statements prepared here
         self.unnamed_owner: object | None = None  # the client Statement in the unnamed slot
         self.scanner = ReplyScanner(TRACKED_REPLIES)  # reply boundaries while relaying
-        self.on_data: Callable[[bytes], None] = self._internal_data
+        self._internal = self._internal_data  # bound once: detach runs per transaction
+        self.on_data: Callable[[bytes], None] = self._internal
         self.on_lost: Callable[[], None] | None = None
         self._reader = MessageReader(1 << 30)
         self._inbox: collections.deque[tuple[int, bytes]] = collections.deque()
@@ -160,7 +161,8 @@ class ServerConnection(asyncio.Protocol):
         self.on_lost = on_lost
 
     def detach(self) -> None:
-        self.on_data = self._internal_data
+        """Back in internal mode; `last_used` is now (the pool's age check reads it)."""
+        self.on_data = self._internal
         self.on_lost = None
         self.last_used = time.monotonic()
         # The session may have stopped reading it for a slow client (backpressure).

@@ -88,7 +88,6 @@ class Analyzer:
             entry = self._shape.get((shape, scope))
             if entry is not None and entry[0] > now:
                 self.hits += 1
-                self._store(self._exact, key, entry)
                 return entry[1]
         self.misses += 1
         return self._analyze(key, shape, plain, now)

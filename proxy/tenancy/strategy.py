@@ -10,6 +10,7 @@ quote_literal do, so the setup SQL means exactly the configured (catalog-form) n
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass
 
 from pglast.keywords import COL_NAME_KEYWORDS, RESERVED_KEYWORDS, TYPE_FUNC_NAME_KEYWORDS
@@ -32,6 +33,16 @@ class SessionPlan:
     setup_sql: tuple[str, ...]  # run on a freshly reset server connection to reach this state
     context_key: tuple  # equal keys ⇒ a server connection already in that state needs no setup
     scope: Scope  # for proxy.sql analysis
+
+
+_PLANS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def interned(plan: SessionPlan) -> SessionPlan:
+    """One object per distinct plan: the sessions of a tenant share it, so the analysis
+    cache (keyed by scope) and the pool's affinity check (context key) find theirs by
+    identity instead of comparing every field on every query."""
+    return _PLANS.setdefault(plan, plan)
 
 
 def quote_ident(name: str) -> str:
@@ -113,13 +124,14 @@ def plan_session(cfg: Config, user: User, tenant: Tenant | None,
     if tenant is None or user.bypass:
         if tenant is not None or not user.bypass:
             raise ValueError(f"login {user.name!r}: a tenant is needed unless the login is bypass")
-        return _bypass_plan(cfg, user, startup_database)
+        return interned(_bypass_plan(cfg, user, startup_database))
     if tenant.strategy == "row":
         setup_sql, scope = _row_plan(cfg, tenant, row_catalog)
     elif tenant.strategy == "schema":
         setup_sql, scope = _schema_plan(cfg, tenant, shared_catalog)
     else:
         setup_sql, scope = _database_plan(cfg, tenant)
-    return SessionPlan(tenant=tenant.name, strategy=tenant.strategy, cluster=tenant.cluster,
-                       database=tenant.database, setup_sql=setup_sql,
-                       context_key=(tenant.strategy, tenant.name, setup_sql), scope=scope)
+    return interned(SessionPlan(tenant=tenant.name, strategy=tenant.strategy,
+                                cluster=tenant.cluster, database=tenant.database,
+                                setup_sql=setup_sql, scope=scope,
+                                context_key=(tenant.strategy, tenant.name, setup_sql)))
