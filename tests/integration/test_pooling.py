@@ -7,6 +7,7 @@ import asyncio
 import os
 import re
 import subprocess
+import time
 
 import asyncpg
 import pytest
@@ -245,3 +246,39 @@ async def test_a_waiting_client_that_pipelines_past_the_held_bound_gets_every_an
     finally:
         sock.close()
         await holder.close()
+
+
+def test_a_query_that_waits_for_a_server_is_analysed_once(proxy_factory) -> None:
+    """The message held while a client waits for a server connection is handled when one
+    is handed over; its analysis from before the wait is used, not done again."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from proxy.localpg import free_port
+    from tests.integration.test_observability import scrape
+
+    metrics_port = free_port()
+    proxy = proxy_factory(pool_size=1, extra=f'metrics: "127.0.0.1:{metrics_port}"\n')
+
+    def total(*prefixes: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in scrape(metrics_port)[1].splitlines()
+                   if line.startswith(prefixes))
+
+    def analyses() -> float:
+        return total("tenantgate_analysis_cache_hits_total ",
+                     "tenantgate_analysis_cache_misses_total ")
+
+    def waiting() -> float:
+        return total("tenantgate_pool_clients_waiting{")
+
+    with proxy.connect("app.acme", APP) as holder, proxy.connect("app.acme", APP) as waiter, \
+            ThreadPoolExecutor(1) as pool:
+        holder.execute("BEGIN")  # holds the only server connection
+        before = analyses()
+        result = pool.submit(lambda: waiter.execute("SELECT 'waited-' || 41 + 1").fetchone())
+        deadline = time.monotonic() + 15
+        while waiting() < 1:
+            assert time.monotonic() < deadline, "the second client never waited"
+            time.sleep(0.02)
+        holder.execute("COMMIT")
+        assert result.result(timeout=15) == ("waited-42",)
+        assert analyses() - before == 2  # the waiting SELECT once, and the COMMIT
