@@ -220,13 +220,17 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
             self._on_terminate(raw)
 
     def _analyze(self, sql: str):
-        scope = self.plan.scope
-        if scope.shared_catalog is not None:  # a schema tenant: the newest catalog applies
-            scope = self._current_shared_scope(scope)
+        scope = self._scope_now()
         held, self.held_analysis = self.held_analysis, None
         if held is not None and held[0] == sql and held[1] is scope:
             return held[2]  # analysed before the wait for a server, in the same scope
         return self.app.analyzer.analyze(sql, scope)
+
+    def _scope_now(self):
+        scope = self.plan.scope
+        if scope.shared_catalog is not None:  # a schema tenant: the newest catalog applies
+            scope = self._current_shared_scope(scope)
+        return scope
 
     def _current_shared_scope(self, scope):
         """The session's scope with the newest shared-schema catalog the proxy loaded
@@ -252,8 +256,11 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
         if decision.action == "local":
             self._answer_locally(decision.local, sql)
             return
-        if not self._ensure_server(m.QUERY, raw, (sql, decision)):
-            return
+        if self._ensure_server(m.QUERY, raw, (sql, decision)):
+            self._forward_query(raw, sql, decision)
+
+    def _forward_query(self, raw: bytes, sql: str, decision) -> None:
+        """An allowed Query to the attached server connection."""
         if self.app.observer.audit is not None:
             self.app.observer.statement(self, sql, decision.ddl)
         self._server_out.append(raw if decision.action == "allow" else m.query(decision.sql))
@@ -429,7 +436,13 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
         connection goes back to the pool or is discarded with it."""
         held, self.held = self.held, None
         try:
-            self._handle(*held)
+            analysed = self.held_analysis
+            if held[0] == m.QUERY and analysed is not None and analysed[1] is self._scope_now():
+                # Analysed and allowed before the wait, in the scope that still holds.
+                self.held_analysis = None
+                self._forward_query(held[1], analysed[0], analysed[2])
+            else:
+                self._handle(*held)
             if self.reading_paused:
                 self.reading_paused = False
                 self.transport.resume_reading()
