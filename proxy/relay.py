@@ -35,7 +35,13 @@ class ReplyRelay:
         report or COPY in it: the completions it holds end no entry (the Query's
         ReadyForQuery does), so it is relayed as it is and only its last byte, the
         transaction status, is read. `_on_ready` and `_after_replies` for this one case,
-        the most common of all, in one call."""
+        the most common of all, in one call; the client gets the answer first (the
+        bookkeeping is off the latency path)."""
+        if self._client_out:
+            self._client_out.append(data)
+            self._flush()
+        else:
+            self.write(data)
         status = data[-1]
         self.tx_status = status
         self.tracker.on_ready()
@@ -43,11 +49,6 @@ class ReplyRelay:
         self.tm.answered(now - self.request_started, len(data), status == IDLE)
         self.request_started = now
         self.tx_settings.ready(status, False)
-        if self._client_out:
-            self._client_out.append(data)
-            self._flush()
-        else:
-            self.write(data)
         if status == IDLE and not self.session_pooling and not self.unsynced \
                 and not self.tracker.queue:
             self._release()

@@ -15,6 +15,15 @@ settings, pool mode, level), so no decision is ever shared between scopes:
   plain shape masks: then every statement of that plain shape has the same normalized
   text, and the key is an alias. (Elsewhere normalize alone is as fast.)
 
+* digits only → the decision of a plain statement (proxy.sql.template.fast_shape) that
+  was shared by shape (normalize replaced exactly its constants) or by template: the key
+  is the text's UTF-8 bytes with every digit made 0 (one C call, ~0.1 µs, where normalize
+  takes ~2 µs), and a hit must match that statement's text outside its constants. Then
+  every other character is the same and in the same place, the numbers stay numbers of
+  the same form and the strings stay strings: the same tokens apart from the constants'
+  contents, so the same normalized text or the same template slots, filled in place.
+  pgbench -S with a new account number each time is served from here.
+
 * template shape → Template (row strategy with the rewrite): a rewritten statement
   embeds its literals, so what is shared is the rewrite with holes for them
   (proxy.sql.template); a hit scans the statement, fills the holes and returns the
@@ -41,6 +50,7 @@ from proxy.sql.rewrite import rewriting
 from proxy.sql.scope import Scope
 
 MAX_CACHED_CHARS = 8192
+_ZERO_DIGITS = bytes.maketrans(b"123456789", b"000000000")
 _PARAMETER = re.compile(r"\$\d+")
 
 _Entry = tuple[float, Decision]  # (expires at, decision)
@@ -58,6 +68,9 @@ class Analyzer:
         self._exact: dict[_Key, _Entry] = {}
         self._shape: dict[_Key, _Entry] = {}
         self._templates: dict[_Key, _Entry] = {}  # (template key, scope) → row rewrite
+        # (text with digits zeroed, scope) → (expires, text around the constants, spans,
+        # decision) of a plain statement: see "digits only" in the module docstring.
+        self._alike: dict[_Key, tuple] = {}
         self.hits = 0
         self.misses = 0
 
@@ -69,15 +82,23 @@ class Analyzer:
         if entry is not None and entry[0] > now:
             self.hits += 1
             return entry[1]
-        if rewriting(scope):
-            found = template.shape(sql)
-            decision = self._from_template(found, scope, now) if found is not None else None
+        zeroed = (sql.encode().translate(_ZERO_DIGITS), scope)
+        alike = self._alike.get(zeroed)
+        if alike is not None and alike[0] > now:
+            decision = _alike_decision(sql, alike)
             if decision is not None:
                 self.hits += 1
                 return decision
-            plain = found if found is not None and found.plain else None
-        else:
-            plain = None
+        found = None
+        if rewriting(scope):
+            found = template.shape(sql)
+            entry = self._templates.get((found.key, scope)) if found is not None else None
+            decision = _filled(entry, found) if entry is not None and entry[0] > now else None
+            if decision is not None:
+                self.hits += 1
+                self._remember_alike(zeroed, found, entry)
+                return decision
+        plain = found if found is not None and found.plain else None
         if plain is not None:
             entry = self._shape.get((plain.key, scope))
             if entry is not None and entry[0] > now:
@@ -88,33 +109,51 @@ class Analyzer:
             entry = self._shape.get((shape, scope))
             if entry is not None and entry[0] > now:
                 self.hits += 1
+                self._remember_alike(zeroed, plain or template.fast_shape(sql), entry, shape)
                 return entry[1]
         self.misses += 1
-        return self._analyze(key, shape, plain, now)
+        return self._analyze(key, zeroed, shape, plain, now)
 
-    def _from_template(self, found: template.Shape, scope: Scope, now: float) -> Decision | None:
-        """A row rewrite of the same shape, filled with this statement's literals."""
-        entry = self._templates.get((found.key, scope))
-        if entry is None or entry[0] <= now:
-            return None
-        decision = entry[1]
-        text = decision.template.fill(found) if decision.template is not None else None
-        return decision.with_sql(text) if text is not None else None
-
-    def _analyze(self, key: tuple[str, Scope], shape: str | None,
+    def _analyze(self, key: tuple[str, Scope], zeroed: _Key, shape: str | None,
                  plain: template.Shape | None, now: float) -> Decision:
         decision = analyze_uncached(*key)
         if len(key[0]) > MAX_CACHED_CHARS:
             return decision
         entry = (now + self.ttl, decision)
         self._store(self._exact, key, entry)
+        plain = plain or template.fast_shape(key[0])
         if shape is not None and decision.shape_cacheable:
             self._store(self._shape, (shape, key[1]), entry)
             if plain is not None and _normalized_alike(plain, shape):
                 self._store(self._shape, (plain.key, key[1]), entry)
         if decision.template is not None:
             self._store(self._templates, (decision.template.key, key[1]), entry)
+        self._remember_alike(zeroed, plain, entry, shape)
         return decision
+
+    def _remember_alike(self, zeroed: _Key, plain: template.Shape | None, entry: _Entry,
+                        shape: str | None = None) -> None:
+        """Serve later statements that differ from this plain one in digits only, where
+        they stand inside its constants, from `entry`: its template, or its decision when
+        that is shared by shape and normalize agrees on the constants (see the docstring)."""
+        if plain is None or not plain.plain:
+            return
+        known = self._alike.get(zeroed)
+        if known is not None and known[0] > self._clock():
+            return  # another statement of these digits is remembered, and still valid
+        decision = entry[1]
+        if decision.template is not None:
+            if decision.template.key != plain.key:
+                return
+        elif not (decision.shape_cacheable and shape is not None
+                  and _normalized_alike(plain, shape)):
+            return
+        text, gaps, done = plain.text, [], 0
+        for start, end in plain.spans:
+            gaps.append((done, text[done:start]))
+            done = end
+        gaps.append((done, text[done:]))
+        self._store(self._alike, zeroed, (entry[0], tuple(gaps), plain.spans, decision))
 
     def _store(self, table: dict[_Key, _Entry], key: _Key, entry: _Entry) -> None:
         table.pop(key, None)  # re-inserting moves the key to the young end
@@ -128,11 +167,31 @@ class Analyzer:
     def clear(self) -> None:
         """Forget everything (config reload: scopes and rules may have changed)."""
         self._exact.clear()
+        self._alike.clear()
         self._shape.clear()
         self._templates.clear()
 
     def __len__(self) -> int:
-        return len(self._exact) + len(self._shape) + len(self._templates)
+        return len(self._exact) + len(self._shape) + len(self._templates) + len(self._alike)
+
+
+def _filled(entry: _Entry, found: template.Shape) -> Decision | None:
+    """A row rewrite of the same shape, filled with this statement's literals."""
+    decision = entry[1]
+    text = decision.template.fill(found) if decision.template is not None else None
+    return decision.with_sql(text) if text is not None else None
+
+
+def _alike_decision(sql: str, alike: tuple) -> Decision | None:
+    """The decision of a plain statement that `sql` matches apart from digits, if every
+    character outside that statement's constants is the same; None otherwise."""
+    _expires, gaps, spans, decision = alike
+    for start, text in gaps:
+        if not sql.startswith(text, start):
+            return None  # a digit changed outside the constants (a name like t1 → t2)
+    if decision.template is None:
+        return decision
+    return _filled((0.0, decision), template.Shape("", sql, spans, True))
 
 
 def _normalized_alike(plain: template.Shape, normalized: str) -> bool:

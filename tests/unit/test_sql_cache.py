@@ -144,12 +144,13 @@ def test_entries_expire_after_ttl(calls) -> None:
 
 def test_size_is_bounded_and_oldest_go_first(calls) -> None:
     analyzer = Analyzer(max_entries=16)
-    for i in range(100):
-        analyzer.analyze(f"SELECT c{i} FROM t", SCHEMA)
-    assert len(analyzer) <= 32
-    analyzer.analyze("SELECT c99 FROM t", SCHEMA)  # young: still cached
+    names = [f"c{'x' * i}" for i in range(100)]  # not alike by digits: each its own entry
+    for name in names:
+        analyzer.analyze(f"SELECT {name} FROM t", SCHEMA)
+    assert len(analyzer) <= 3 * 16  # exact, shape and digits-only maps (no templates here)
+    analyzer.analyze(f"SELECT {names[-1]} FROM t", SCHEMA)  # young: still cached
     assert len(calls) == 100
-    analyzer.analyze("SELECT c0 FROM t", SCHEMA)  # old: evicted
+    analyzer.analyze(f"SELECT {names[0]} FROM t", SCHEMA)  # old: evicted
     assert len(calls) == 101
 
 
@@ -167,3 +168,29 @@ def test_clear_forgets_everything(calls) -> None:
     analyzer.clear()
     analyzer.analyze("SELECT 1", SCHEMA)
     assert len(calls) == 2
+
+
+# -- digits only: statements that differ from a cached one in digits inside its constants ---
+
+def test_digits_inside_constants_share_the_decision_without_normalize(calls, monkeypatch) -> None:
+    analyzer = Analyzer()
+    analyzer.analyze("SELECT abalance FROM pgbench_accounts WHERE aid = 1234 AND note = 'a1'",
+                     SCHEMA)
+    normalized: list[str] = []
+    real = cache_module._shape
+    monkeypatch.setattr(cache_module, "_shape", lambda sql: normalized.append(sql) or real(sql))
+    for aid in (5678, 9012, 3456):
+        decision = analyzer.analyze(
+            f"SELECT abalance FROM pgbench_accounts WHERE aid = {aid} AND note = 'a{aid % 7}'",
+            SCHEMA)
+        assert decision.action == "allow"
+    assert len(calls) == 1 and normalized == []
+
+
+def test_a_digit_outside_the_constants_is_not_alike(calls) -> None:
+    scope = Scope("schema", schemas=("t1",))
+    analyzer = Analyzer()
+    assert analyzer.analyze("SELECT * FROM t1.items WHERE id = 10", scope).action == "allow"
+    decision = analyzer.analyze("SELECT * FROM t2.items WHERE id = 20", scope)
+    assert decision.action == "deny"  # same text with digits zeroed: the schema name differs
+    assert calls == ["SELECT * FROM t1.items WHERE id = 10", "SELECT * FROM t2.items WHERE id = 20"]

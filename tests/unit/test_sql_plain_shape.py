@@ -1,4 +1,5 @@
-"""The shortcut of the template key (template.fast_shape) against the server's lexer.
+"""The shortcut of the template key (template.fast_shape) against the server's lexer,
+and the analysis cache's entries for statements alike but for digits.
 
 Whatever it accepts, each of its spans must be exactly a constant token pglast's scan
 finds (a constant it leaves, like `.5` in `t1.5`, stays in the key as text), and two
@@ -13,11 +14,13 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from pglast import parser
 
-from proxy.sql import Analyzer, template
+from proxy.sql import Analyzer, Scope, analyze_uncached, template
 from proxy.sql.cache import _normalized_alike
 
 from tests.unit.test_sql_row_rewrite import SCOPE
-from tests.unit.test_sql_row_template import calls  # noqa: F401  (fixture)
+from tests.unit.test_sql_row_template import calls, same_tree  # noqa: F401  (fixture)
+
+TENANT_SCHEMA = Scope("schema", schemas=("t1",))
 
 CONSTANT_TOKENS = {"SCONST", "ICONST", "FCONST", "BCONST", "XCONST", "USCONST"}
 
@@ -114,3 +117,29 @@ def test_a_constant_normalize_keeps_is_not_shared_by_the_plain_key(calls) -> Non
     analyzer.analyze("SELECT 1::varchar(10)", SCOPE)
     analyzer.analyze("SELECT 1::varchar(20)", SCOPE)
     assert calls == ["SELECT 1::varchar(10)", "SELECT 1::varchar(20)"]
+
+
+DIGIT_STATEMENTS = [  # {n}: a digit, in a constant or in a name
+    "SELECT * FROM t{0}.items WHERE id = {1}{2}",
+    "SELECT * FROM orders WHERE id = {0} AND status = 'x{1}' LIMIT {2}",
+    "SELECT c{0} FROM orders o{1} WHERE o{1}.id = {2}.{3}",
+    "SELECT * FROM users u JOIN orders o ON o.user_id = u.id WHERE u.id = {0}{1} OR o.id = {2}",
+    "UPDATE orders SET total = {0}.{1}e{2} WHERE id = {3}",
+    "INSERT INTO orders (id, tenant_id) VALUES ({0}, 'initech')",
+    "SELECT * FROM orders WHERE tenant_id = 'initech{0}' AND id = {1}",
+]
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.sampled_from(DIGIT_STATEMENTS), st.sampled_from([SCOPE, TENANT_SCHEMA]),
+       st.lists(st.integers(0, 9), min_size=4, max_size=4),
+       st.lists(st.integers(0, 9), min_size=4, max_size=4))
+def test_a_statement_alike_by_digits_gets_what_a_fresh_analysis_gives(
+        statement: str, scope, first: list[int], second: list[int]) -> None:
+    analyzer = Analyzer()
+    analyzer.analyze(statement.format(*first), scope)
+    sql = statement.format(*second)
+    got, fresh = analyzer.analyze(sql, scope), analyze_uncached(sql, scope, templates=False)
+    assert (got.action, got.rule) == (fresh.action, fresh.rule), sql
+    if fresh.action == "rewrite":
+        assert same_tree(got.sql, fresh.sql), (got.sql, fresh.sql)
