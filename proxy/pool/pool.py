@@ -103,7 +103,10 @@ class Pool:
         return self.size - len(self.idle)
 
     def take_idle(self, context_key: tuple) -> ServerConnection | None:
-        """An idle connection without waiting, preferring one already in `context_key`'s state."""
+        """An idle connection without waiting, preferring one already in `context_key`'s
+        state. While the pool may still grow, one in another tenant's state is not taken
+        (None: open a new one), so tenants sharing a pool do not reset each other's
+        connections back and forth; `acquire` falls back to it if opening fails."""
         idle = self.idle
         while idle and idle[-1].closed:  # the server went away while it sat in the pool
             self.discard(idle.pop())
@@ -116,7 +119,16 @@ class Pool:
             conn = idle[index]
             if conn.context_key == context_key and not conn.dirty and not conn.closed:
                 return idle.pop(index)
-        return idle.pop()
+        return idle.pop() if self.size >= self.cluster.pool_size else None
+
+    def take_any_idle(self) -> ServerConnection | None:
+        """The most recently used idle connection, whatever its state."""
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn.closed:
+                return conn
+            self.discard(conn)
+        return None
 
     async def acquire(self, context_key: tuple) -> ServerConnection:
         """A connection for this pool, opening one or waiting at most `wait_timeout`."""
@@ -124,7 +136,13 @@ class Pool:
         if conn is not None:
             return conn
         if self.size < self.cluster.pool_size:
-            return await self._open()
+            try:
+                return await self._open()
+            except Exception:  # the server takes no more connections: reuse an idle one
+                conn = self.take_any_idle()
+                if conn is None:
+                    raise
+                return conn
         future = asyncio.get_running_loop().create_future()
         waiter = FutureWaiter(future, self._deadline())
         self._enqueue(waiter)

@@ -115,3 +115,34 @@ async def test_closing_the_pool_fails_every_wait():
     assert isinstance(waiting.errors[0], ConnectionUnavailable)
     assert pool.waiting == 0
 
+
+
+def idle_conn(pool: Pool, context_key: tuple) -> ServerConnection:
+    conn = ServerConnection("127.0.0.1", 1)
+    conn.context_key = context_key
+    pool.idle.append(conn)
+    return conn
+
+
+async def test_another_tenants_idle_connection_is_not_reset_while_the_pool_can_grow():
+    pool = Pool(Cluster("main", (("127.0.0.1", 1),), "u", pool_size=2), "acme")
+    pool.size = 1
+    theirs = idle_conn(pool, ("row", "t1", ()))
+    assert pool.take_idle(("row", "t2", ())) is None  # open a second one instead
+    assert pool.idle == [theirs]
+    pool.size = 2  # full: reusing it (reset by the lease) is the only way
+    assert pool.take_idle(("row", "t2", ())) is theirs
+
+
+async def test_acquire_reuses_another_tenants_connection_when_no_new_one_opens(monkeypatch):
+    import proxy.pool.pool as pool_module
+
+    async def refused(cluster, database):
+        raise ConnectionUnavailable("too many connections")
+
+    monkeypatch.setattr(pool_module, "open_server_connection", refused)
+    pool = Pool(Cluster("main", (("127.0.0.1", 1),), "u", pool_size=2), "acme")
+    pool.size = 1
+    theirs = idle_conn(pool, ("row", "t1", ()))
+    assert await pool.acquire(("row", "t2", ())) is theirs
+    assert pool.size == 1 and pool.idle == []
