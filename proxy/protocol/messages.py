@@ -182,7 +182,11 @@ def no_data() -> bytes:
 # --- to servers ---------------------------------------------------------------
 
 def query(sql: str) -> bytes:
-    return _msg(c.QUERY, _cstr(sql))
+    """Query ('Q'); `_msg(c.QUERY, _cstr(sql))` written out: a row rewrite's every statement."""
+    if "\x00" in sql:
+        raise ValueError(f"string with NUL cannot be sent: {sql[:40]!r}")
+    body = sql.encode()
+    return _HEADER.pack(c.QUERY, len(body) + 5) + body + b"\x00"
 
 
 def parse(name: str, sql: str, param_oids: tuple[int, ...] = ()) -> bytes:

@@ -191,7 +191,8 @@ def _alike_decision(sql: str, alike: tuple) -> Decision | None:
             return None  # a digit changed outside the constants (a name like t1 → t2)
     if decision.template is None:
         return decision
-    return _filled((0.0, decision), template.Shape("", sql, spans, True))
+    text = decision.template.fill_text(sql, spans)  # its constants are where the other's are
+    return decision.with_sql(text) if text is not None else None
 
 
 def _normalized_alike(plain: template.Shape, normalized: str) -> bool:

@@ -139,7 +139,10 @@ class Template:
 
     def fill(self, found: Shape) -> str | None:
         """The rewritten SQL for a statement of this shape; None if a fixed token differs."""
-        text, spans = found.text, found.spans
+        return self.fill_text(found.text, found.spans)
+
+    def fill_text(self, text: str, spans: tuple[tuple[int, int], ...]) -> str | None:
+        """`fill` for a statement `text` whose constant tokens are at `spans`."""
         for index, spelled in self.fixed:
             start, end = spans[index]
             if text[start:end] != spelled:
