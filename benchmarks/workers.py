@@ -77,16 +77,19 @@ def process_tree(pid: int) -> list[int]:
     return [pid, *map(int, children)]
 
 
+def user_system_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU time of one process, from /proc/PID/stat ((0, 0) once it is gone)."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick  # utime, stime (fields 14 and 15)
+
+
 def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time of these processes, from /proc/PID/stat."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
-    return total / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of these processes."""
+    return sum(sum(user_system_seconds(pid)) for pid in pids)
 
 
 def machine_busy_seconds() -> float:
