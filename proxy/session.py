@@ -446,7 +446,10 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
             if self.reading_paused:
                 self.reading_paused = False
                 self.transport.resume_reading()
-            self._process_client_messages()
+            if self.reader.pending():
+                self._process_client_messages()
+            else:  # the usual case: nothing came while it waited
+                self._flush()
         except ProxyError as exc:
             self.fail(exc)
         except Exception as exc:  # a bug; in this task nothing else would close the client

@@ -88,6 +88,7 @@ class Pool:
         self._opening: set[asyncio.Task] = set()
         self._cancels: set[asyncio.Task] = set()
         self._expiry: asyncio.TimerHandle | None = None  # ends the oldest wait on time
+        self._loop: asyncio.AbstractEventLoop | None = None  # its clock dates the waits
 
     @property
     def waiting(self) -> int:
@@ -164,7 +165,9 @@ class Pool:
         return waiter
 
     def _deadline(self) -> float:
-        return asyncio.get_running_loop().time() + self.cluster.wait_timeout
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop.time() + self.cluster.wait_timeout
 
     def _enqueue(self, waiter: Waiter) -> None:
         self.waiters.append(waiter)
