@@ -1,6 +1,6 @@
 """Cache analysis decisions by exact text and by statement shape.
 
-Two bounded maps, both keyed with the tenant's Scope (strategy, schemas, pinned
+Four bounded maps, all keyed with the tenant's Scope (strategy, schemas, pinned
 settings, pool mode, level), so no decision is ever shared between scopes:
 
 * exact text → Decision: every decision, including those that read a literal and
@@ -82,7 +82,7 @@ class Analyzer:
         if entry is not None and entry[0] > now:
             self.hits += 1
             return entry[1]
-        zeroed = (sql.encode().translate(_ZERO_DIGITS), scope)
+        zeroed = (sql.encode("utf-8", "surrogatepass").translate(_ZERO_DIGITS), scope)
         alike = self._alike.get(zeroed)
         if alike is not None and alike[0] > now:
             decision = _alike_decision(sql, alike)
