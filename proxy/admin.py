@@ -25,7 +25,7 @@ HELP = (
     ("SHOW CLIENTS", "one row per connected client"),
     ("SHOW SERVERS", "one row per open server connection, with its backend pid (state "
                      "active, idle, or catalog: the proxy's own reads of shared schemas)"),
-    ("SHOW STATS", "per-tenant totals since start"),
+    ("SHOW STATS", "per-tenant totals since start, of every worker"),
     ("SHOW CONFIG", "the effective settings (never passwords or keys)"),
     ("SHOW HELP", "this list"),
     ("RELOAD", "read the config file again (as SIGHUP)"),
@@ -202,9 +202,11 @@ def _server_row(pool, conn, state: str, session) -> tuple:
             _timestamp(_wall(conn.created_at)), _timestamp(_wall(conn.last_used)), conn.dirty)
 
 
-def show_stats(app) -> ResultSet:
+def show_stats(app, metrics=None) -> ResultSet:
+    """Per-tenant totals since start: this process's, or those of `metrics` (under
+    `workers: N`, every worker's added up, as `/metrics` shows them)."""
     rows = []
-    for tenant, counts in sorted(app.metrics.tenant_counts().items()):
+    for tenant, counts in sorted((metrics or app.metrics).tenant_counts().items()):
         queries = sum(counts.query.counts)
         query_us = int(counts.query.sum * 1_000_000)
         rows.append((tenant, counts.connected, counts.accepted, counts.transactions, queries,

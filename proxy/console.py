@@ -14,7 +14,7 @@ import asyncio
 
 from proxy import __version__
 from proxy.admin import (CONSOLE_DATABASE, AdminError, Command, ResultSet, in_flight,
-                         parse_commands, show)
+                         parse_commands, show, show_stats)
 from proxy.errors import (AdminShutdown, ConfigError, FatalError, ProtocolViolation, ProxyError,
                           TenantRefused)
 from proxy.protocol import messages as m
@@ -145,6 +145,11 @@ class Console:
 
     async def _dispatch(self, command: Command) -> bytes:
         if command.verb == "SHOW":
+            if command.subject == "STATS" and self.app.worker is not None:
+                # The whole proxy's totals: every worker's snapshot (one that does not
+                # answer in time is left out, as at a /metrics scrape), this one's read here.
+                combined = await self.app.worker.whole_proxy_metrics()
+                return result_set(show_stats(self.app, combined), "SHOW")
             return result_set(show(command.subject, self.app), "SHOW")
         if command.verb == "RELOAD":
             return self._reload()

@@ -349,3 +349,21 @@ def test_one_audit_trail_for_every_worker(proxy_factory, tmp_path) -> None:
                             capture_output=True, text=True, timeout=60,
                             env={**os.environ, "TENANTGATE_AUDIT_KEY": AUDIT_KEY})
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_show_stats_on_the_console_counts_every_worker(pg, sample, proxy_factory) -> None:
+    """The admin console lands on one worker; SHOW STATS still adds up the whole proxy."""
+    from tests.integration.test_admin import admin_config, console, show
+
+    proxy = proxy_factory(config_text=admin_config(pg, sample, "{port}", extra=EXTRA))
+    conns = connect_until_every_worker(proxy)
+    try:
+        for conn in conns:
+            for i in range(3):
+                assert conn.execute("SELECT %s::int", (i,)).fetchone() == (i,)
+        with console(proxy) as admin:
+            acme = {row["tenant"]: row for row in show(admin, "STATS")}["acme"]
+        assert int(acme["total_query_count"]) == 3 * len(conns)
+        assert int(acme["clients"]) == len(conns)
+    finally:
+        close_all(conns)
