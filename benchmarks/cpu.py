@@ -19,14 +19,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python benchmarks/cpu.py`: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.pgbench import Workload, run_pgbench  # noqa: E402
-from benchmarks.services import ROW_TENANTS, Services, Target, raise_nofile_limit  # noqa: E402
+from benchmarks.services import (Services, Target, raise_nofile_limit,  # noqa: E402
+                                 row_targets)
 from benchmarks.workers import (log, machine_busy_seconds, median,  # noqa: E402
                                 user_system_seconds)
 
@@ -100,13 +100,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _targets(scenario: str, pooler: Target) -> Target | list[Target]:
-    """(f): one pgbench per row tenant through tenantgate; the others run as many
-    pgbench processes on (a)'s tables, as benchmarks/run.py does."""
+    """(f): one pgbench per row tenant, as benchmarks/run.py runs it."""
     if scenario != "f":
         return pooler
-    if pooler.name == "tenantgate":
-        return [replace(pooler, user=f"app.{tenant}") for tenant in ROW_TENANTS]
-    return [pooler for _ in ROW_TENANTS]
+    return row_targets(pooler, tenantgate=pooler.name == "tenantgate")
 
 
 if __name__ == "__main__":

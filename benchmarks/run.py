@@ -18,7 +18,6 @@ import argparse
 import shlex
 import signal
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python benchmarks/run.py`: make `benchmarks` importable
@@ -30,9 +29,9 @@ from benchmarks.idle import IdleResult, measure_idle  # noqa: E402
 from benchmarks.machine import describe, finish, machine_info  # noqa: E402
 from benchmarks.pgbench import RunResult, Workload, run_pgbench  # noqa: E402
 from benchmarks.scenarios import Scenario, all_scenarios, select  # noqa: E402
-from benchmarks.services import (ROW_DB, ROW_TENANTS, Services, ServiceError,  # noqa: E402
+from benchmarks.services import (ROW_DB, Services, ServiceError,  # noqa: E402
                                  Target, analysis_cache_counters, find_pgbouncer,
-                                 raise_nofile_limit)
+                                 raise_nofile_limit, row_targets)
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -126,16 +125,14 @@ class Bench:
                 entry.update(report.scenario_entry(scenario, by_target, note=note))
 
     def _target(self, scenario: Scenario, name: str) -> Target | list[Target]:
-        """Where a scenario's pgbench connects. Row scenarios run one pgbench per tenant
-        through tenantgate, as that tenant, to ROW_DB; their baselines run as many
-        pgbench processes with the same clients on (a)'s tables, without a tenant column
-        or RLS (what the row strategy costs is the difference)."""
+        """Where a scenario's pgbench connects (row scenarios: services.row_targets, through
+        the tenantgate of the scenario's `row.enforce`)."""
         if scenario.row_enforce is None:
             return self.targets[name]
         if name != "tenantgate":
-            return [self.targets[name] for _ in ROW_TENANTS]
+            return row_targets(self.targets[name], tenantgate=False)
         gate = self.row_gates.get(scenario.row_enforce, self.targets["tenantgate"])
-        return [replace(gate, user=f"app.{tenant}") for tenant in ROW_TENANTS]
+        return row_targets(gate, tenantgate=True)
 
     def _direct_workload(self, workload: Workload) -> tuple[Workload, str]:
         """Direct PostgreSQL gets the same clients when max_connections leaves room for them."""

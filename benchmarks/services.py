@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from proxy.localpg import LocalPostgres, free_port
@@ -51,6 +51,15 @@ class Target:
     dbname: str
     pid: int | None = None  # its own process (poolers, relay): checked alive; idle RSS
     metrics_port: int | None = None  # tenantgate's /metrics (analysis cache counters)
+
+
+def row_targets(target: Target, tenantgate: bool) -> list[Target]:
+    """Where a row scenario's pgbench processes connect, one per row tenant: through
+    tenantgate as that tenant; elsewhere as many on (a)'s tables, without a tenant column
+    or RLS (what the row strategy costs is the difference)."""
+    if tenantgate:
+        return [replace(target, user=f"app.{tenant}") for tenant in ROW_TENANTS]
+    return [target for _ in ROW_TENANTS]
 
 
 def raise_nofile_limit() -> int:

@@ -34,9 +34,9 @@ class ReplyRelay:
         """The whole answer to the one pending simple Query, with no error, setting
         report or COPY in it: the completions it holds end no entry (the Query's
         ReadyForQuery does), so it is relayed as it is and only its last byte, the
-        transaction status, is read. `_on_ready` and `_after_replies` for this one case,
-        the most common of all, in one call; the client gets the answer first (the
-        bookkeeping is off the latency path)."""
+        transaction status, is read. `_on_ready` for this one case, the most common of
+        all, written out; the client gets the answer first (the bookkeeping is off the
+        latency path)."""
         if self._client_out:
             self._client_out.append(data)
             self._flush()
@@ -49,11 +49,7 @@ class ReplyRelay:
         self.tm.answered(now - self.request_started, len(data), status == IDLE)
         self.request_started = now
         self.tx_settings.ready(status, False)
-        if status == IDLE and not self.session_pooling and not self.unsynced \
-                and not self.tracker.queue:
-            self._release()
-        else:
-            self._after_replies()
+        self._after_replies()  # the release rule lives there (`_may_release`), once
 
     def _replies(self, data: bytes) -> None:
         """Any server bytes: walked by `ReplyScanner.scan`, each tracked reply handled."""

@@ -69,7 +69,8 @@ class Analyzer:
         self._shape: dict[_Key, _Entry] = {}
         self._templates: dict[_Key, _Entry] = {}  # (template key, scope) → row rewrite
         # (text with digits zeroed, scope) → (expires, text around the constants, spans,
-        # decision) of a plain statement: see "digits only" in the module docstring.
+        # decision) of a plain statement, or (expires, None, None, None) where statements
+        # of these digits cannot be shared: see "digits only" in the module docstring.
         self._alike: dict[_Key, tuple] = {}
         self.hits = 0
         self.misses = 0
@@ -93,10 +94,11 @@ class Analyzer:
         if rewriting(scope):
             found = template.shape(sql)
             entry = self._templates.get((found.key, scope)) if found is not None else None
-            decision = _filled(entry, found) if entry is not None and entry[0] > now else None
+            decision = _filled(entry[1], sql, found.spans) \
+                if entry is not None and entry[0] > now else None
             if decision is not None:
                 self.hits += 1
-                self._remember_alike(zeroed, found, entry)
+                self._remember_alike(zeroed, sql, entry, plain=found)
                 return decision
         plain = found if found is not None and found.plain else None
         if plain is not None:
@@ -109,7 +111,7 @@ class Analyzer:
             entry = self._shape.get((shape, scope))
             if entry is not None and entry[0] > now:
                 self.hits += 1
-                self._remember_alike(zeroed, plain or template.fast_shape(sql), entry, shape)
+                self._remember_alike(zeroed, sql, entry, shape, plain)
                 return entry[1]
         self.misses += 1
         return self._analyze(key, zeroed, shape, plain, now)
@@ -121,39 +123,35 @@ class Analyzer:
             return decision
         entry = (now + self.ttl, decision)
         self._store(self._exact, key, entry)
-        plain = plain or template.fast_shape(key[0])
         if shape is not None and decision.shape_cacheable:
             self._store(self._shape, (shape, key[1]), entry)
             if plain is not None and _normalized_alike(plain, shape):
                 self._store(self._shape, (plain.key, key[1]), entry)
         if decision.template is not None:
             self._store(self._templates, (decision.template.key, key[1]), entry)
-        self._remember_alike(zeroed, plain, entry, shape)
+        self._remember_alike(zeroed, key[0], entry, shape, plain)
         return decision
 
-    def _remember_alike(self, zeroed: _Key, plain: template.Shape | None, entry: _Entry,
-                        shape: str | None = None) -> None:
-        """Serve later statements that differ from this plain one in digits only, where
-        they stand inside its constants, from `entry`: its template, or its decision when
-        that is shared by shape and normalize agrees on the constants (see the docstring)."""
-        if plain is None or not plain.plain:
-            return
+    def _remember_alike(self, zeroed: _Key, sql: str, entry: _Entry,
+                        shape: str | None = None, plain: template.Shape | None = None) -> None:
+        """Serve later statements that differ from `sql` in digits only, where they stand
+        inside its constants, from `entry`: its template, or its decision when that is
+        shared by shape and normalize agrees on the constants (see the docstring). When
+        that cannot be, remember so too: every statement of these zeroed digits has the
+        same other characters, hence the same answer, and is not cut again."""
         known = self._alike.get(zeroed)
         if known is not None and known[0] > self._clock():
-            return  # another statement of these digits is remembered, and still valid
-        decision = entry[1]
-        if decision.template is not None:
-            if decision.template.key != plain.key:
-                return
-        elif not (decision.shape_cacheable and shape is not None
-                  and _normalized_alike(plain, shape)):
+            return
+        plain = plain if plain is not None and plain.plain else template.fast_shape(sql)
+        if plain is None or not _alike_shares(plain, entry[1], shape):
+            self._store(self._alike, zeroed, (entry[0], None, None, None))
             return
         text, gaps, done = plain.text, [], 0
         for start, end in plain.spans:
             gaps.append((done, text[done:start]))
             done = end
         gaps.append((done, text[done:]))
-        self._store(self._alike, zeroed, (entry[0], tuple(gaps), plain.spans, decision))
+        self._store(self._alike, zeroed, (entry[0], tuple(gaps), plain.spans, entry[1]))
 
     def _store(self, table: dict[_Key, _Entry], key: _Key, entry: _Entry) -> None:
         table.pop(key, None)  # re-inserting moves the key to the young end
@@ -175,24 +173,32 @@ class Analyzer:
         return len(self._exact) + len(self._shape) + len(self._templates) + len(self._alike)
 
 
-def _filled(entry: _Entry, found: template.Shape) -> Decision | None:
-    """A row rewrite of the same shape, filled with this statement's literals."""
-    decision = entry[1]
-    text = decision.template.fill(found) if decision.template is not None else None
+def _filled(decision: Decision, sql: str, spans: tuple) -> Decision | None:
+    """A row rewrite of the same shape, filled with the literals of `sql` at `spans`."""
+    text = decision.template.fill_text(sql, spans) if decision.template is not None else None
     return decision.with_sql(text) if text is not None else None
+
+
+def _alike_shares(plain: template.Shape, decision: Decision, shape: str | None) -> bool:
+    """May statements alike by digits to `plain` share `decision`?"""
+    if decision.template is not None:
+        return decision.template.key == plain.key
+    return decision.shape_cacheable and shape is not None and _normalized_alike(plain, shape)
 
 
 def _alike_decision(sql: str, alike: tuple) -> Decision | None:
     """The decision of a plain statement that `sql` matches apart from digits, if every
-    character outside that statement's constants is the same; None otherwise."""
+    character outside that statement's constants is the same; None otherwise (and for
+    zeroed digits remembered as not alike)."""
     _expires, gaps, spans, decision = alike
+    if gaps is None:
+        return None
     for start, text in gaps:
         if not sql.startswith(text, start):
             return None  # a digit changed outside the constants (a name like t1 → t2)
     if decision.template is None:
         return decision
-    text = decision.template.fill_text(sql, spans)  # its constants are where the other's are
-    return decision.with_sql(text) if text is not None else None
+    return _filled(decision, sql, spans)  # its constants are where the other's are
 
 
 def _normalized_alike(plain: template.Shape, normalized: str) -> bool:

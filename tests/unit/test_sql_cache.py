@@ -194,3 +194,15 @@ def test_a_digit_outside_the_constants_is_not_alike(calls) -> None:
     decision = analyzer.analyze("SELECT * FROM t2.items WHERE id = 20", scope)
     assert decision.action == "deny"  # same text with digits zeroed: the schema name differs
     assert calls == ["SELECT * FROM t1.items WHERE id = 10", "SELECT * FROM t2.items WHERE id = 20"]
+
+
+def test_a_statement_beyond_the_plain_subset_is_not_cut_again_on_every_hit(calls,
+                                                                            monkeypatch) -> None:
+    from proxy.sql import template
+    cuts: list[str] = []
+    real = template.fast_shape
+    monkeypatch.setattr(template, "fast_shape", lambda sql: cuts.append(sql) or real(sql))
+    analyzer = Analyzer()
+    for value in range(1, 10):  # a comment: never plain; the same digits zeroed each time
+        assert analyzer.analyze(f"SELECT {value} /* app:orders */", SCHEMA).action == "allow"
+    assert len(calls) == 1 and len(cuts) == 1
