@@ -19,8 +19,6 @@ from proxy.config import Cluster
 from proxy.errors import ConnectionUnavailable, PoolTimeout
 from proxy.pool.server import ServerConnection, open_server_connection
 
-AFFINITY_SCAN = 8  # idle connections looked at for one already in the tenant's state
-
 
 class Waiter:
     """One wait for a connection: `deliver(conn)` or `fail(error)` is called once, unless
@@ -113,10 +111,9 @@ class Pool:
             self.discard(idle.pop())
         if not idle:
             return None
-        last = idle[-1]
-        if last.context_key == context_key and not last.dirty:  # the common case
-            return idle.pop()
-        for index in range(len(idle) - 2, max(len(idle) - 1 - AFFINITY_SCAN, -1), -1):
+        # Every idle connection is looked at (newest first, at most pool_size of them): a
+        # look costs well under a microsecond, a reset a round trip or two to the server.
+        for index in range(len(idle) - 1, -1, -1):
             conn = idle[index]
             if conn.context_key == context_key and not conn.dirty and not conn.closed:
                 return idle.pop(index)

@@ -134,6 +134,17 @@ async def test_another_tenants_idle_connection_is_not_reset_while_the_pool_can_g
     assert pool.take_idle(("row", "t2", ())) is theirs
 
 
+async def test_a_tenants_idle_connection_is_found_under_many_of_another_tenants():
+    # A full shared pool: t2's one idle connection sits below ten of t1's. Taking one of
+    # t1's instead would cost a DISCARD ALL and a setup on every such lease.
+    pool = Pool(Cluster("main", (("127.0.0.1", 1),), "u", pool_size=11), "acme")
+    pool.size = 11
+    own = idle_conn(pool, ("row", "t2", ()))
+    others = [idle_conn(pool, ("row", "t1", ())) for _ in range(10)]
+    assert pool.take_idle(("row", "t2", ())) is own
+    assert pool.idle == others
+
+
 async def test_acquire_reuses_another_tenants_connection_when_no_new_one_opens(monkeypatch):
     import proxy.pool.pool as pool_module
 
