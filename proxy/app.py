@@ -22,6 +22,7 @@ from proxy.sql import Analyzer
 from proxy.tenancy.rowcatalogs import RowCatalogs
 from proxy.tenancy.sharedcatalogs import REFRESH_INTERVAL as SHARED_REFRESH_INTERVAL
 from proxy.tenancy.sharedcatalogs import SharedCatalogs
+from proxy.writebatch import WriteBatch
 
 EXPIRY_INTERVAL = 5.0  # seconds between idle-connection sweeps
 
@@ -40,6 +41,7 @@ class App:
         self.tenant_clients: dict[str, int] = {}
         self.draining = False
         self.pauses = Pauses()  # admin PAUSE/RESUME: whose new transactions wait
+        self.write_batch = WriteBatch()  # answers held to the end of a contended loop pass
         self.ssl_context = build_ssl_context(config.tls, config.path)
         self.listener = Listener(self)
         self.observer = Observer(self)

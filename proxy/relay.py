@@ -36,9 +36,14 @@ class ReplyRelay:
         ReadyForQuery does), so it is relayed as it is and only its last byte, the
         transaction status, is read. `_on_ready` for this one case, the most common of
         all, written out; the client gets the answer first (the bookkeeping is off the
-        latency path)."""
-        if self._client_out:
-            self._client_out.append(data)
+        latency path). While others wait for a server connection, the answer is held to
+        the end of this loop pass and written with the pass's others (`WriteBatch`)."""
+        out = self._client_out
+        if self.pool.waiters:
+            out.append(data)
+            self.app.write_batch.hold(self)
+        elif out:
+            out.append(data)
             self._flush()
         else:
             self.write(data)

@@ -282,3 +282,59 @@ def test_a_query_that_waits_for_a_server_is_analysed_once(proxy_factory) -> None
         holder.execute("COMMIT")
         assert result.result(timeout=15) == ("waited-42",)
         assert analyses() - before == 2  # the waiting SELECT once, and the COMMIT
+
+
+async def test_simple_queries_over_a_contended_pool_each_get_their_own_answers_in_order(
+        proxy_factory) -> None:
+    """pool_size 1, held in a transaction until 24 raw clients have each sent a pipelined
+    pair of simple Queries; from its COMMIT on, every release hands the connection to a
+    waiting client, so a whole answer is held to the end of the proxy's loop pass and
+    written with the pass's others (WriteBatch). Every client gets exactly its own values,
+    in order, for 40 pairs."""
+    from tests.helpers import message, raw_login, read_message
+
+    small = proxy_factory(pool_size=1)
+    clients, rounds = 24, 40
+
+    def expected(number: int) -> list[int]:
+        return [number * 100_000 + n * 10 + k for n in range(rounds) for k in (0, 1)]
+
+    def pair(first: int, second: int) -> bytes:
+        return (message(b"Q", f"SELECT {first}\0".encode())
+                + message(b"Q", f"SELECT {second}\0".encode()))
+
+    def answers(sock) -> list[int]:
+        values, ready = [], 0
+        while ready < 2:
+            kind, body = read_message(sock)
+            assert kind != "E", body
+            if kind == "D":
+                values.append(int(body[6:]))
+            ready += kind == "Z"
+        return values
+
+    def rest_of(sock, number: int) -> list[int]:
+        pairs = list(zip(*[iter(expected(number))] * 2))
+        values = answers(sock)  # the first pair, sent while the pool was held
+        for first, second in pairs[1:]:
+            sock.sendall(pair(first, second))
+            values += answers(sock)
+        return values
+
+    holder = await small.aconnect("app.acme", APP)
+    transaction = holder.transaction()
+    await transaction.start()
+    await holder.fetchval("SELECT 1")  # holds the only server connection
+    socks = [await asyncio.to_thread(raw_login, "127.0.0.1", small.port, "app.acme", APP)
+             for _ in range(clients)]
+    try:
+        for number, sock in enumerate(socks):
+            sock.sendall(pair(*expected(number)[:2]))
+        await transaction.commit()
+        results = await asyncio.gather(*(asyncio.to_thread(rest_of, sock, number)
+                                         for number, sock in enumerate(socks)))
+        assert results == [expected(number) for number in range(clients)]
+    finally:
+        for sock in socks:
+            sock.close()
+        await holder.close()
