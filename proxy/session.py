@@ -85,6 +85,8 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
         # The callbacks of an attached server connection, bound once (attached per lease).
         self._on_server_data = self._server_data
         self._on_server_lost = self._server_lost
+        self._on_handed_over = self._handed_over  # and of a wait for one (`Pool.wait`)
+        self._on_lease_failed = self._lease_failed
 
     # -- asyncio.Protocol -------------------------------------------------------------
 
@@ -391,7 +393,7 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
         if conn is None and not paused and pool.full:
             # The common wait under load: `release` hands the next free connection to
             # `_handed_over` directly, no task and no future in between.
-            self.leasing = pool.wait(self._handed_over, self._lease_failed)
+            self.leasing = pool.wait(self._on_handed_over, self._on_lease_failed)
         else:  # open a connection, reset one, or wait out a PAUSE: a coroutine's work
             self.leasing = asyncio.get_running_loop().create_task(self._lease(conn))
         return False
