@@ -30,10 +30,10 @@ def wants_console(user, database: str) -> bool:
     return database == CONSOLE_DATABASE or admin_only
 
 
-async def open_console(session, user, login_name: str, params: dict[str, str]) -> Console:
+async def open_console(session, user, login_name: str, params: dict[str, str],
+                       database: str) -> Console:
     """After authentication: refuse a non-admin login, else send the startup replies."""
     session.login = login_name
-    database = params.get("database") or params["user"]
     if not user.admin:
         raise TenantRefused(f'database "{CONSOLE_DATABASE}" is the admin console; login '
                             f'"{login_name}" is not an admin login', rule="admin-console")

@@ -124,8 +124,10 @@ async def start_session(session, startup: StartupMessage) -> Console | None:
     session.log = session.log.bind(login=login_name)
     # md5 salts with the user name exactly as the client sent it ("app.acme").
     await authenticate(session, user, params["user"])
-    if wants_console(user, params.get("database") or params["user"]):
-        return await open_console(session, user, login_name, params)
+    # PostgreSQL's default database is the user name, also for an empty `database`.
+    database = params.get("database") or params["user"]
+    if wants_console(user, database):
+        return await open_console(session, user, login_name, params, database)
     sni = _server_name(session) if session.tls else None
     tenant = resolve_tenant(config, user, suffix, params, sni)
     session.tenant = tenant.name if tenant is not None else None
@@ -140,7 +142,7 @@ async def start_session(session, startup: StartupMessage) -> Console | None:
     if tenant is not None and tenant.strategy == "schema" and not user.bypass \
             and config.shared_schemas:  # else nothing is shared: no catalog to check
         shared_catalog = await app.shared_catalogs.get(tenant.cluster, tenant.database)
-    plan = plan_session(config, user, tenant, params.get("database", params["user"]),
+    plan = plan_session(config, user, tenant, database,
                         row_catalog=row_catalog, shared_catalog=shared_catalog)
     session.plan = plan
     session.pool = app.pool_for(plan)

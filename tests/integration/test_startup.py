@@ -211,6 +211,28 @@ async def test_bypass_login_reaches_shared_and_both_schemas(proxy) -> None:
         await conn.close()
 
 
+def test_an_empty_database_name_means_the_login_name_as_in_postgresql(proxy, pg) -> None:
+    """A startup packet with `database` empty: PostgreSQL takes the user name. The bypass
+    login's server connection goes to the database `migrator`, not to the one PostgreSQL
+    would pick for the proxy's backend role."""
+    from tests.helpers import message
+
+    pg.run_sql("CREATE DATABASE migrator;")
+    try:
+        sock = raw_login("127.0.0.1", proxy.port, "migrator", "migrator-secret", database="")
+        try:
+            sock.sendall(message(b"Q", b"SELECT current_database()\0"))
+            replies = []
+            while not replies or replies[-1][0] != "Z":
+                replies.append(read_message(sock))
+        finally:
+            sock.close()
+        assert [kind for kind, _ in replies] == ["T", "D", "C", "Z"], replies
+        assert replies[1][1][6:] == b"migrator"
+    finally:
+        pg.run_sql("DROP DATABASE migrator WITH (FORCE);")
+
+
 async def test_bypass_login_wrong_password(proxy) -> None:
     err = await refused(proxy, "migrator", "wrong", "shared")
     assert err.sqlstate == "28P01"
