@@ -43,13 +43,13 @@ def _deny(what: str) -> PolicyDenied:
     return PolicyDenied(f"{what} is not allowed", rule="statement-type")
 
 
-def _target(ctx: Context, rangevar: dict[str, Any] | None) -> None:
+def _target(ctx: Context, rangevar: dict[str, Any] | None, creates: bool = False) -> None:
     """A relation the statement creates or changes: a write, and never temporary."""
     if not rangevar:
         return
     if rangevar.get("relpersistence") == "t":
         raise PolicyDenied("temporary objects are not allowed", rule="temp-object")
-    walker.write_target(ctx, rangevar, 0)
+    walker.write_target(ctx, rangevar, 0, creates=creates)
 
 
 def _qualified(ctx: Context, names: list[str], type_like: bool) -> None:
@@ -78,18 +78,19 @@ def _object_names(node: Any) -> tuple[list[str], bool]:
     raise _deny("this object name")
 
 
-def _relation_ddl(kind: str, *targets: str) -> Callable[[Context, dict[str, Any]], None]:
-    """CREATE TABLE / INDEX / VIEW / SEQUENCE, ALTER SEQUENCE, composite types."""
+def _relation_ddl(kind: str, target: str, creates: bool) -> Callable[[Context, dict[str, Any]],
+                                                                     None]:
+    """CREATE TABLE / INDEX / VIEW / SEQUENCE, ALTER SEQUENCE, composite types; `creates`:
+    the statement creates its `target` (CREATE INDEX and ALTER SEQUENCE name one that is)."""
     def check(ctx: Context, fields: dict[str, Any]) -> None:
         if fields.get("tablespacename") or fields.get("tableSpace"):
             raise _deny("choosing a tablespace")
-        for target in targets:
-            _target(ctx, fields.get(target))
+        _target(ctx, fields.get(target), creates=creates)
         for parent in fields.get("inhRelations") or []:
             _target(ctx, (unwrap(parent) or ("", {}))[1])
         for option in fields.get("options") or []:
             _owned_by(ctx, option)
-        walker.children(ctx, kind, fields, 1, skip=targets + ("inhRelations",))
+        walker.children(ctx, kind, fields, 1, skip=(target, "inhRelations"))
     return check
 
 
@@ -107,7 +108,7 @@ def _create_table_as(ctx: Context, fields: dict[str, Any]) -> None:
     into = fields.get("into") or {}
     if into.get("tableSpaceName"):
         raise _deny("choosing a tablespace")
-    _target(ctx, into.get("rel"))
+    _target(ctx, into.get("rel"), creates=True)
     walker.walk(ctx, fields.get("query"), 1)
 
 
@@ -191,12 +192,12 @@ def _table_like(ctx: Context, fields: dict[str, Any], depth: int) -> None:
 
 
 STATEMENTS: dict[str, Callable[[Context, dict[str, Any]], None]] = {
-    "CreateStmt": _relation_ddl("CreateStmt", "relation"),
-    "IndexStmt": _relation_ddl("IndexStmt", "relation"),
-    "ViewStmt": _relation_ddl("ViewStmt", "view"),
-    "CreateSeqStmt": _relation_ddl("CreateSeqStmt", "sequence"),
-    "AlterSeqStmt": _relation_ddl("AlterSeqStmt", "sequence"),
-    "CompositeTypeStmt": _relation_ddl("CompositeTypeStmt", "typevar"),
+    "CreateStmt": _relation_ddl("CreateStmt", "relation", creates=True),
+    "IndexStmt": _relation_ddl("IndexStmt", "relation", creates=False),
+    "ViewStmt": _relation_ddl("ViewStmt", "view", creates=True),
+    "CreateSeqStmt": _relation_ddl("CreateSeqStmt", "sequence", creates=True),
+    "AlterSeqStmt": _relation_ddl("AlterSeqStmt", "sequence", creates=False),
+    "CompositeTypeStmt": _relation_ddl("CompositeTypeStmt", "typevar", creates=True),
     "CreateTableAsStmt": _create_table_as,
     "AlterTableStmt": _alter_table,
     "RenameStmt": _rename,

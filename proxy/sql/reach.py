@@ -40,9 +40,13 @@ def is_system_schema(schema: str) -> bool:
 
 
 def check_relation(ctx: Context, schema: str | None, name: str, *, write: bool = False,
-                   catalogname: str | None = None, noun: str = "relation") -> None:
+                   catalogname: str | None = None, noun: str = "relation",
+                   creates: bool = False) -> None:
     """Refuse a relation outside the tenant's reach (42P01), a forbidden catalog, or for a
-    schema tenant an opaque relation of a shared schema (a view …: 42501 shared-view)."""
+    schema tenant an opaque relation of a shared schema (a view …: 42501 shared-view).
+    `creates`: the name of a relation the statement creates, which PostgreSQL puts in the
+    first schema of the pinned search path (the tenant's own) when it is unqualified, so
+    a shared relation of that name is not what it reaches."""
     if catalogname:
         raise NotSupported(f"cross-database references are not implemented: "
                            f"{catalogname}.{schema}.{name}", rule="cross-database")
@@ -51,7 +55,7 @@ def check_relation(ctx: Context, schema: str | None, name: str, *, write: bool =
         # relation is called pg_*: treat such a name as a catalog (CTEs included).
         if name.startswith("pg_"):
             _check_catalog("pg_catalog", name, write)
-        elif ctx.scope.strategy == "schema":
+        elif ctx.scope.strategy == "schema" and not creates:
             _check_unqualified_shared(ctx, name)
         return
     if is_system_schema(schema):

@@ -84,14 +84,17 @@ def children(ctx: Context, kind: str, fields: dict[str, Any], depth: int,
             walk(ctx, value, depth)
 
 
-def _range_var(ctx: Context, fields: dict[str, Any], depth: int, write: bool = False) -> None:
+def _range_var(ctx: Context, fields: dict[str, Any], depth: int, write: bool = False,
+               creates: bool = False) -> None:
     reach.check_relation(ctx, fields.get("schemaname"), fields.get("relname", ""),
-                         write=write, catalogname=fields.get("catalogname"))
+                         write=write, catalogname=fields.get("catalogname"), creates=creates)
 
 
-def write_target(ctx: Context, fields: dict[str, Any], depth: int) -> None:
-    """A relation a statement writes to (DML target, COPY FROM, DDL)."""
-    _range_var(ctx, fields, depth, write=True)
+def write_target(ctx: Context, fields: dict[str, Any], depth: int,
+                 creates: bool = False) -> None:
+    """A relation a statement writes to (DML target, COPY FROM, DDL); `creates`: one it
+    creates (reach.check_relation)."""
+    _range_var(ctx, fields, depth, write=True, creates=creates)
 
 
 def _select(ctx: Context, fields: dict[str, Any], depth: int) -> None:

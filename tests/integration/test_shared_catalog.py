@@ -55,6 +55,34 @@ def test_a_view_added_after_login_is_refused_to_the_connected_session(proxy_fact
         assert gone.value.sqlstate == "42P01"
 
 
+def test_a_table_named_like_a_shared_view_is_created_in_the_tenants_own_schema(
+        proxy_factory, pg) -> None:
+    """isolation_level standard: an unqualified CREATE TABLE lands in the first schema of
+    the pinned search path, the tenant's own, so a view of that name in a shared schema
+    does not make the proxy refuse it. The view stays refused and unchanged."""
+    name = f"tg_shadow_{uuid.uuid4().hex[:8]}"
+    backend_query(pg, "shared", f"CREATE VIEW common.{name} AS SELECT id, secret FROM hooli.items")
+    backend_query(pg, "shared", f"GRANT SELECT ON common.{name} TO globex")
+    backend_query(pg, "shared", "GRANT CREATE ON SCHEMA globex TO globex")
+    try:
+        proxy = proxy_factory(isolation_level="standard")  # its catalog knows the view
+        with proxy.connect("app.globex", APP) as conn:
+            conn.execute(f"CREATE TABLE {name} (id int)")
+            conn.execute(f"INSERT INTO globex.{name} VALUES (7)")
+            for sql in (f"SELECT * FROM common.{name}", f"SELECT * FROM {name}"):
+                with pytest.raises(psycopg.Error) as refused:
+                    conn.execute(sql)
+                assert refused.value.sqlstate == "42501" and "shared-view" in str(refused.value)
+        kinds = backend_query(pg, "shared", "SELECT relnamespace::regnamespace::text, relkind "
+                                            f"FROM pg_class WHERE relname = '{name}' ORDER BY 1")
+        assert kinds == [("common", "v"), ("globex", "r")]
+        assert backend_query(pg, "shared", f"SELECT id FROM globex.{name}") == [(7,)]
+    finally:
+        backend_query(pg, "shared", f"DROP TABLE IF EXISTS globex.{name}")
+        backend_query(pg, "shared", f"DROP VIEW IF EXISTS common.{name}")
+        backend_query(pg, "shared", "REVOKE CREATE ON SCHEMA globex FROM globex")
+
+
 def _refused_before(conn: psycopg.Connection, sql: str, deadline: float) -> psycopg.Error:
     """Run `sql` until the proxy refuses it; fail if it still runs after `deadline` s."""
     give_up = time.monotonic() + deadline

@@ -73,6 +73,41 @@ def test_shared_schemas_stay_read_only(sql: str) -> None:
     denied(sql, SHARED, "42501", "shared-read-only")
 
 
+STANDARD = dataclasses.replace(SHARED, isolation_level="standard")  # DDL allowed
+
+
+@pytest.mark.parametrize("sql", [
+    "CREATE TABLE tg_hooli_view (id int)",
+    "CREATE TABLE IF NOT EXISTS remote (id int)",
+    "CREATE TABLE snapshot AS SELECT * FROM countries",
+    "CREATE SEQUENCE snapshot",
+    "CREATE TYPE remote AS (a int)",
+])
+def test_a_relation_created_under_a_shared_views_bare_name_is_allowed(sql: str) -> None:
+    # Unqualified, PostgreSQL creates it in the first schema of the pinned search path,
+    # the tenant's own: the shared view of that name is not what the statement reaches.
+    assert analyze_uncached(sql, STANDARD).action == "allow"
+
+
+@pytest.mark.parametrize("sql", [
+    "CREATE TABLE mine AS SELECT * FROM tg_hooli_view",  # reads it
+    "CREATE TABLE mine (LIKE tg_hooli_view)",
+    "CREATE TABLE mine () INHERITS (tg_hooli_view)",
+    "CREATE TABLE mine PARTITION OF tg_hooli_view FOR VALUES IN (1)",
+    "CREATE INDEX ON tg_hooli_view (id)",  # names an existing relation: the view
+    "ALTER SEQUENCE snapshot RESTART",
+    "ALTER TABLE tg_hooli_view ADD COLUMN x int",
+    "INSERT INTO tg_hooli_view VALUES (1)",
+])
+def test_a_statement_that_reaches_a_shared_view_by_its_bare_name_stays_refused(sql: str) -> None:
+    denied(sql, STANDARD, "42501", "shared-view")
+
+
+def test_creating_in_a_shared_schema_stays_refused() -> None:
+    denied("CREATE TABLE common.tg_hooli_view2 (id int)", STANDARD, "42501",
+           "shared-read-only")
+
+
 def test_unqualified_names_resolve_in_search_path_order() -> None:
     catalog = SharedCatalog.from_rows([["a", "x", "r"], ["b", "x", "v"], ["b", "y", "v"]])
     first_table = Scope("schema", schemas=("globex",), shared_schemas=("a", "b"),
