@@ -26,7 +26,6 @@ import math
 import os
 import secrets
 import signal
-import time
 from typing import Any
 
 import structlog
@@ -39,7 +38,6 @@ MAX_LINE = 64 * 1024 * 1024  # one message; a metrics snapshot of very many tena
 REQUEST_TIMEOUT = 2.0  # seconds for a sibling to answer one request
 AUDIT_QUEUE = 10_000  # audit entries a worker holds while the supervisor catches up
 AUDIT_BATCH = 512  # entries sent in one write
-WARN_INTERVAL = 1.0  # seconds between two "entries dropped" warnings
 MAX_CANCEL_KEY = 256  # bytes (protocol 3.2); a forwarded key longer than this is ignored
 
 
@@ -298,11 +296,7 @@ class AuditForwarder(QueuedRecorder):
             last["count"] += count
         else:  # one marker past capacity, where the entries went missing
             self._queue.append({"kind": "gap", "count": count})
-        now = time.monotonic()
-        if now - self._last_warning >= WARN_INTERVAL:
-            self._last_warning = now
-            self.log.warning("audit entries dropped: the worker's audit queue is full",
-                             dropped=self.dropped, queue_capacity=self.queue_capacity)
+        self._warn_dropped("the worker's audit queue is full")
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="audit-forwarder")

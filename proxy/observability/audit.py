@@ -376,6 +376,15 @@ class QueuedRecorder:
     def _drop(self, count: int = 1) -> None:
         raise NotImplementedError
 
+    def _warn_dropped(self, why: str) -> None:
+        """Log a drop at most once per WARN_INTERVAL (`dropped` counts every one).
+        Subclasses set log, dropped and _last_warning."""
+        now = time.monotonic()
+        if now - self._last_warning >= WARN_INTERVAL:
+            self._last_warning = now
+            self.log.warning(f"audit entries dropped: {why}", dropped=self.dropped,
+                             queue_capacity=self.queue_capacity)
+
 
 class AuditLog(QueuedRecorder):
     """`record()` queues an entry without blocking; a writer task drains the queue to the file."""
@@ -441,12 +450,8 @@ class AuditLog(QueuedRecorder):
             else:  # one marker past capacity, at the place where entries went missing
                 self._gap = (self._wall(), "gap", {"count": count})
                 self._queue.append(self._gap)
-        now = time.monotonic()
-        if now - self._last_warning >= WARN_INTERVAL:
-            self._last_warning = now
-            why = "the audit log is closed" if self._closing else "the audit queue is full"
-            self.log.warning(f"audit entries dropped: {why}", dropped=self.dropped,
-                             queue_capacity=self.queue_capacity)
+        self._warn_dropped("the audit log is closed" if self._closing
+                           else "the audit queue is full")
 
     # -- lifecycle --------------------------------------------------------------------------
 

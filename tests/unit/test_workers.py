@@ -18,6 +18,7 @@ from proxy.observability.audit import AuditLog, read_entries, verify
 from proxy.observability.combined import CombinedMetrics, snapshot
 from proxy.observability.metrics import EVENTS_KEPT, Metrics
 from proxy.workerlink import AuditForwarder, WorkerLink, cancel_key, encode, owner_of
+from tests.unit.test_audit import FakeLog
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -176,10 +177,14 @@ class FakeLink:
 async def test_a_full_forwarder_queue_drops_into_one_counted_gap() -> None:
     link = FakeLink()
     forwarder = AuditForwarder(link, every_statement=False, queue_size=2)
+    forwarder.log = FakeLog()
     kept = [forwarder.record("connect", tenant="acme", n=n) for n in range(5)]
     assert kept == [True, True, False, False, False]
     assert forwarder.record("statement", shape="SELECT 1") is False  # not every_statement
     assert forwarder.dropped == 3 and forwarder.queue_depth == 3  # 2 entries + the gap
+    assert [(level, message, fields["dropped"]) for level, message, fields
+            in forwarder.log.records] == [  # once per second, not 3
+        ("warning", "audit entries dropped: the worker's audit queue is full", 1)]
     await forwarder.start()
     await forwarder.close()
     assert [(m["kind"], m.get("count"), m.get("fields", {}).get("n")) for m in link.sent] == [
