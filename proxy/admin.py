@@ -185,21 +185,25 @@ def show_servers(app) -> ResultSet:
 
 def _catalog_row(cluster: str, database: str, conn) -> tuple:
     """The proxy's own connection that reads a database's shared schemas (no pool)."""
-    local = conn.transport.get_extra_info("sockname") if conn.transport is not None else None
-    return (cluster, database, "catalog", conn.backend_pid, None, None, None, None, conn.host,
-            conn.port, local[1] if local else None, _timestamp(_wall(conn.created_at)),
-            _timestamp(_wall(conn.last_used)), False)
+    return _connection_row(cluster, database, "catalog", conn, None, None, False)
 
 
 def _server_row(pool, conn, state: str, session) -> tuple:
     prepared_for = conn.context_key[1] if conn.context_key is not None else None
+    return _connection_row(pool.cluster.name, pool.database, state, conn, session,
+                           prepared_for, conn.dirty)
+
+
+def _connection_row(cluster: str, database: str, state: str, conn, session,
+                    prepared_for: str | None, dirty: bool) -> tuple:
+    """One SHOW SERVERS row; `session`: the client holding `conn`, if any."""
     local = conn.transport.get_extra_info("sockname") if conn.transport is not None else None
-    return (pool.cluster.name, pool.database, state, conn.backend_pid,
+    return (cluster, database, state, conn.backend_pid,
             session.tenant if session is not None else None,
             session.login if session is not None else None,
             session.peer if session is not None else None,
             prepared_for, conn.host, conn.port, local[1] if local else None,
-            _timestamp(_wall(conn.created_at)), _timestamp(_wall(conn.last_used)), conn.dirty)
+            _timestamp(_wall(conn.created_at)), _timestamp(_wall(conn.last_used)), dirty)
 
 
 def show_stats(app, metrics=None) -> ResultSet:
