@@ -157,13 +157,8 @@ class Pool:
         """Queue a callback wait (the pool is `full`): `on_conn` gets the next free
         connection, called from `release` itself; `on_error` gets PoolTimeout after
         `wait_timeout` or why a connection could not be opened. `cancel()` it to give up."""
-        loop = self._loop  # `_deadline` and `_enqueue` written out: a wait per query under load
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
-        waiter = Waiter(on_conn, on_error, loop.time() + self.cluster.wait_timeout)
-        self.waiters.append(waiter)
-        if self._expiry is None:
-            self._arm_expiry(waiter.deadline)
+        waiter = Waiter(on_conn, on_error, self._deadline())
+        self._enqueue(waiter)
         return waiter
 
     def _deadline(self) -> float:

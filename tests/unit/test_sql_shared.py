@@ -82,6 +82,7 @@ STANDARD = dataclasses.replace(SHARED, isolation_level="standard")  # DDL allowe
     "CREATE TABLE snapshot AS SELECT * FROM countries",
     "CREATE SEQUENCE snapshot",
     "CREATE TYPE remote AS (a int)",
+    "CREATE VIEW tg_hooli_view AS SELECT * FROM items",
 ])
 def test_a_relation_created_under_a_shared_views_bare_name_is_allowed(sql: str) -> None:
     # Unqualified, PostgreSQL creates it in the first schema of the pinned search path,
