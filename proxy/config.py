@@ -75,6 +75,7 @@ class RowSettings:
     column: str = "tenant_id"
     shared_tables: tuple[str, ...] = ()
     enforce: str = "both"  # rls | rewrite | both
+    prepare: bool = True  # rewritten statements of numbers-only shapes go prepared (sql.prepared)
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ MAX_WORKERS = 64  # each costs a process; the cancel key gives up log2(workers) 
 _CLUSTER_KEYS = ("hosts", "user", "password", "pool_size", "tls", "tls_ca", "connect_timeout",
                  "wait_timeout", "idle_timeout", "max_lifetime")
 _USER_KEYS = ("password", "auth", "tenants", "tenant", "bypass", "cluster", "admin")
-_ROW_KEYS = ("column", "shared_tables", "enforce")
+_ROW_KEYS = ("column", "shared_tables", "enforce", "prepare")
 _TENANT_KEYS = ("strategy", "cluster", "database", "schema", "role", "key", "max_connections")
 # per strategy: the keys it requires and the optional keys it uses (beyond the common ones)
 _STRATEGY_KEYS = {"database": ((), ()), "schema": (("schema",), ("role",)),
@@ -295,6 +296,7 @@ _TLS_FIELDS: dict[str, Callable] = {
     "cert": YamlReader.string, "key": YamlReader.string, "mode": _choice(CLIENT_TLS_MODES)}
 _ROW_FIELDS: dict[str, Callable] = {
     "column": YamlReader.name, "enforce": _choice(ROW_ENFORCE_MODES),
+    "prepare": YamlReader.boolean,
     "shared_tables": lambda r, node, where: tuple(
         _qualified(r, item, where) for item in r.sequence(node, where)),
 }

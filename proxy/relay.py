@@ -19,6 +19,7 @@ from proxy.replies import PARSED, BOUND, CLOSED, EXECUTED, DESCRIBED, READY
 PINNED_REPORTED = {"client_encoding": "UTF8", "standard_conforming_strings": "on"}
 COMPLETIONS = frozenset(PARSED + BOUND + CLOSED + EXECUTED + DESCRIBED)
 IDLE = ord("I")
+BIND_COMPLETE = m.bind_complete()
 
 
 class ReplyRelay:
@@ -26,9 +27,13 @@ class ReplyRelay:
         queue = self.tracker.queue
         if len(queue) == 1 and queue[0].replies is READY and not queue[0].settings \
                 and self.server.scanner.whole_reply(data, COMPLETIONS):
-            self._whole_reply(data)
-        else:
-            self._replies(data)
+            if queue[0].executes is None:
+                self._whole_reply(data)
+                return
+            if data.startswith(BIND_COMPLETE):  # a Query sent prepared: the rest is its answer
+                self._whole_reply(data[len(BIND_COMPLETE):])
+                return
+        self._replies(data)
 
     def _whole_reply(self, data: bytes) -> None:
         """The whole answer to the one pending simple Query, with no error, setting
@@ -122,6 +127,10 @@ class ReplyRelay:
         if self.tx_status == IDLE:
             self.tm.transaction()
         failed = entry is not None and entry.failed
+        if failed and entry.executes is not None:
+            # Prepared by the proxy for a Query: after an error (0A000 "cached plan must
+            # not change result type" would come every time) it is prepared afresh.
+            self.server.statements.forget(entry.executes)
         if entry is not None and entry.settings and not failed:
             self.tx_settings.apply(entry.settings)  # statements whose tags told nothing
         self.tx_settings.ready(self.tx_status, failed)

@@ -32,10 +32,11 @@ TRACKED_REPLIES = frozenset(
 class Expect:
     """One entry: a reply the server will send, or bytes the proxy will send itself."""
 
-    __slots__ = ("replies", "swallow", "synthetic", "settings", "failed", "undo")
+    __slots__ = ("replies", "swallow", "synthetic", "settings", "failed", "undo", "executes")
 
     def __init__(self, replies: tuple[int, ...], swallow: bool = False,
-                 synthetic: bytes | None = None, settings: tuple = (), undo=None) -> None:
+                 synthetic: bytes | None = None, settings: tuple = (), undo=None,
+                 executes: str | None = None) -> None:
         self.replies = replies  # the message types that end this entry's answer; () if synthetic
         self.swallow = swallow  # the proxy asked for it: do not relay it
         self.synthetic = synthetic  # bytes for the client, sent when this entry is reached
@@ -46,6 +47,9 @@ class Expect:
         # Called if the server skips or fails this message (no completion came): takes
         # back what the proxy recorded when sending it, e.g. a statement as prepared.
         self.undo = undo
+        # A simple Query the proxy sent as Bind/Execute/Sync of this prepared statement
+        # (proxy.sql.prepared): its BindComplete is not relayed, its errors unprepare it.
+        self.executes = executes
 
 
 class ReplyTracker:
@@ -56,8 +60,8 @@ class ReplyTracker:
         self.pending_syncs = 0  # Query/Sync messages whose ReadyForQuery has not come
 
     def expect(self, replies: tuple[int, ...], *, swallow: bool = False,
-               settings: tuple = (), undo=None) -> None:
-        self.queue.append(Expect(replies, swallow, None, settings, undo))
+               settings: tuple = (), undo=None, executes: str | None = None) -> None:
+        self.queue.append(Expect(replies, swallow, None, settings, undo, executes))
         if replies is READY:
             self.pending_syncs += 1
 
@@ -76,10 +80,15 @@ class ReplyTracker:
         """A reply that may end an entry arrived: True if the proxy swallows it.
 
         Replies inside a simple Query's answer meet the Query's ReadyForQuery entry at
-        the front and end nothing.
+        the front and end nothing; the BindComplete of one sent prepared is swallowed.
         """
         queue = self.queue
-        if queue and reply in queue[0].replies and queue[0].replies is not READY:
+        if not queue:
+            return False
+        entry = queue[0]
+        if entry.replies is READY:  # only a prepared Query's BindComplete is the proxy's
+            return reply == m.BIND_COMPLETE and entry.executes is not None
+        if reply in entry.replies:
             return queue.popleft().swallow
         return False
 

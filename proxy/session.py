@@ -23,7 +23,7 @@ from proxy.protocol import messages as m
 from proxy.protocol.framing import MessageReader, StartupReader
 from proxy.refusals import raise_sql
 from proxy.relay import IDLE, ReplyRelay
-from proxy.replies import READY, ReplyTracker
+from proxy.replies import CLOSED, READY, ReplyTracker
 from proxy.tenancy.strategy import interned
 from proxy.txsettings import TransactionSettings
 
@@ -265,11 +265,28 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
         """An allowed Query to the attached server connection."""
         if self.app.observer.audit is not None:
             self.app.observer.statement(self, sql, decision.ddl)
-        self._server_out.append(raw if decision.action == "allow" else m.query(decision.sql))
-        self.tracker.expect(READY, settings=decision.settings)
+        bound = decision.bound
+        if bound is None:
+            self._server_out.append(raw if decision.action == "allow" else m.query(decision.sql))
+            self.tracker.expect(READY, settings=decision.settings)
+        else:
+            self._execute_prepared(*bound)
         self.server.unnamed_owner = None  # a simple Query replaces the unnamed statement
         if decision.session_state:
             self.server.dirty = True
+
+    def _execute_prepared(self, statement, messages: bytes) -> None:
+        """A rewritten Query as Bind/Execute/Sync of its shape's statement, prepared on
+        this server connection first if it is not (proxy.sql.prepared). A Close goes
+        before that Parse: an error unprepares the statement here (`_on_ready`) while
+        the server may still hold it."""
+        conn = self.server
+        if not conn.statements.has(statement.server_name):
+            self._send(m.close_statement(statement.server_name))
+            self.tracker.expect(CLOSED, swallow=True)
+            self._prepare_on_server(statement, swallow=True)
+        self._server_out.append(messages)
+        self.tracker.expect(READY, executes=statement.server_name)
 
     def _on_flush(self, raw: bytes) -> None:
         m.check_empty(raw, m.FLUSH, "Flush")  # forwarded as it is: nothing may follow

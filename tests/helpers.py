@@ -7,6 +7,8 @@ psycopg, asyncpg, psql and pgbench. Waiting always polls a real condition with a
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import re
 import signal
@@ -16,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
@@ -25,7 +27,7 @@ import asyncpg
 import psycopg
 
 from proxy.localpg import LocalPostgres, free_port
-from proxy.sample import SampleInfo
+from proxy.sample import SampleInfo, install_row_sample
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 20.0
@@ -220,6 +222,18 @@ def start_proxy(pg: LocalPostgres, sample: SampleInfo | None = None, *,
 
 
 # -- direct access to the backend -------------------------------------------------------------
+
+@contextlib.contextmanager
+def row_sample_copy(pg: LocalPostgres, sample: SampleInfo, database: str) -> Iterator[SampleInfo]:
+    """The row sample installed in `database` of its own (for tests that write rows or
+    change tables), dropped afterwards."""
+    info = dataclasses.replace(sample, row_database=database)
+    install_row_sample(pg, info)
+    try:
+        yield info
+    finally:
+        pg.run_sql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
 
 def backend_query(pg: LocalPostgres, db: str, sql: str,
                   params: tuple | list | None = None) -> list[tuple]:

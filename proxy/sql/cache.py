@@ -174,9 +174,13 @@ class Analyzer:
 
 
 def _filled(decision: Decision, sql: str, spans: tuple) -> Decision | None:
-    """A row rewrite of the same shape, filled with the literals of `sql` at `spans`."""
+    """A row rewrite of the same shape, filled with the literals of `sql` at `spans` (and
+    bound to them, when the server prepares the shape)."""
     text = decision.template.fill_text(sql, spans) if decision.template is not None else None
-    return decision.with_sql(text) if text is not None else None
+    if text is None:
+        return None
+    form = decision.server_form
+    return decision.with_sql(text, form.bind(sql, spans) if form is not None else None)
 
 
 def _alike_shares(plain: template.Shape, decision: Decision, shape: str | None) -> bool:

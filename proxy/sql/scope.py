@@ -27,6 +27,7 @@ class Scope:
     row_column: str | None = None  # row strategy: the tenant column
     tenant_key: str | None = None  # row strategy: this tenant's value of that column
     row_enforce: str = "both"  # row strategy: rls | rewrite | both
+    row_prepare: bool = True  # row strategy: rewrites of numbers-only shapes go prepared
     # Row strategy: the tenant and shared tables of the tenant's database, from the
     # catalog (a proxy.sql.rowmodel.RowCatalog; hashable, compared by content).
     row_catalog: object | None = None

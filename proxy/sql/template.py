@@ -167,6 +167,7 @@ class Templater:
         self.params = 0
         # A_Const location (a byte offset) → (masked token, chars from a folded `-`)
         self.sources: dict[int, tuple[int, int]] = {}
+        self.number_tokens: set[int] = set()  # masked tokens that are numbers (ICONST, FCONST)
         previous = None
         for start, end, name, _kind in tokens:
             if name == "PARAM":
@@ -177,11 +178,13 @@ class Templater:
             if name in _TEMPLATABLE and index is not None \
                     and found.spans[index][1] == end + 1:
                 self.sources[byte(start)] = (index, 0)
-                if name in _NUMBERS and previous is not None and previous[1] == "ASCII_45":
-                    self.sources[byte(previous[0])] = (index, start - previous[0])
+                if name in _NUMBERS:
+                    self.number_tokens.add(index)
+                    if previous is not None and previous[1] == "ASCII_45":
+                        self.sources[byte(previous[0])] = (index, start - previous[0])
             previous = (start, name)
         self.numbers: dict[int, int] = {}  # location → placeholder number
-        self.by_number: dict[int, tuple[int, int]] = {}
+        self.by_number: dict[int, tuple[int, int]] = {}  # placeholder number → source
 
     def placeholders(self, kind: str, fields: dict[str, Any]) -> None:
         """Replace the templatable literals under a (rewritten) node by parameters."""
@@ -234,6 +237,16 @@ class Templater:
         fixed = tuple((i, self.shape.text[s:e]) for i, (s, e) in enumerate(self.shape.spans)
                       if i not in used)
         return Template(self.shape.key, tuple(pieces), tuple(slots), fixed)
+
+
+    def parameters(self) -> tuple[tuple[int, int], ...] | None:
+        """The source of each placeholder, `$1` first, when the rewritten text may be sent
+        as a parameterised statement: the statement has no parameters of its own and every
+        literal it templated is a number (see proxy.sql.prepared); else None."""
+        sources = tuple(self.by_number[number] for number in sorted(self.by_number))
+        if self.params or any(index not in self.number_tokens for index, _back in sources):
+            return None
+        return sources
 
 
 def _bare(text: str, start: int, end: int) -> bool:

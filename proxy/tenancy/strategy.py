@@ -99,7 +99,8 @@ def _row_plan(cfg: Config, tenant: Tenant,
     search_path = ", ".join(quote_ident(name) for name in schemas)
     role_sql, role_pin = _role_setup(tenant)
     scope = _scope(cfg, "row", row_column=cfg.row.column, tenant_key=tenant.key,
-                   row_enforce=cfg.row.enforce, row_catalog=row_catalog,
+                   row_enforce=cfg.row.enforce, row_prepare=cfg.row.prepare,
+                   row_catalog=row_catalog,
                    pinned_settings=((TENANT_SETTING, tenant.key), ("search_path", search_path),
                                     *role_pin))
     return (set_tenant, f"SET search_path TO {search_path}", *role_sql), scope

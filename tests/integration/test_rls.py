@@ -23,7 +23,7 @@ from proxy.sample import (SampleInfo, canary, install_row_sample, row_sample_cat
                           row_sample_rls_sql, sample_customers, sample_orders)
 from proxy.tenancy.rls import RowCatalogError, check_row_database, load_row_catalog, verify_rls
 from proxy.tenancy.rls_sql import load_table_facts
-from tests.helpers import REPO_ROOT, sqlstate
+from tests.helpers import REPO_ROOT, row_sample_copy, sqlstate
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -39,12 +39,8 @@ def row_sample(pg: LocalPostgres, sample: SampleInfo) -> SampleInfo:
 @pytest.fixture
 def scratch(pg: LocalPostgres, sample: SampleInfo) -> Iterator[SampleInfo]:
     """A fresh copy of the row sample in its own database (rlscheck_N), dropped afterwards."""
-    info = dataclasses.replace(sample, row_database=f"rlscheck_{os.getpid()}_{next(_numbers)}")
-    install_row_sample(pg, info)
-    try:
+    with row_sample_copy(pg, sample, f"rlscheck_{os.getpid()}_{next(_numbers)}") as info:
         yield info
-    finally:
-        pg.run_sql(f"DROP DATABASE IF EXISTS {info.row_database} WITH (FORCE)")
 
 
 def cluster_for(pg: LocalPostgres, user: str, password: str) -> Cluster:
@@ -179,7 +175,7 @@ BROKEN = {
                        "USING (amount > 50)",
                        ["table public.orders: permissive policies extra, tenantgate_isolation "
                         "all apply to SELECT for role tenantgate"]),
-    "two-permissive-public": (f"CREATE POLICY everyone ON public.orders USING (true)",
+    "two-permissive-public": ("CREATE POLICY everyone ON public.orders USING (true)",
                               ["table public.orders: permissive policies everyone, "
                                "tenantgate_isolation all apply to SELECT, INSERT, UPDATE, DELETE"]),
     "backend-owns": ("ALTER TABLE public.orders OWNER TO tenantgate",

@@ -7,7 +7,6 @@ came back nor changed.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterator
 
@@ -16,8 +15,9 @@ import psycopg
 import pytest
 
 from proxy.localpg import LocalPostgres
-from proxy.sample import SampleInfo, canary, install_row_sample, sample_orders
-from tests.helpers import RunningProxy, backend_query, sqlstate, start_proxy, table_checksum
+from proxy.sample import SampleInfo, canary, sample_orders
+from tests.helpers import (RunningProxy, backend_query, row_sample_copy, sqlstate, start_proxy,
+                           table_checksum)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -28,12 +28,8 @@ ROWDB = f"rowstrategy_{os.getpid()}"
 @pytest.fixture(scope="module")
 def row_sample(pg: LocalPostgres, sample: SampleInfo) -> Iterator[SampleInfo]:
     """A copy of the row sample of its own: these tests write rows, others count them."""
-    info = dataclasses.replace(sample, row_database=ROWDB)
-    install_row_sample(pg, info)
-    try:
+    with row_sample_copy(pg, sample, ROWDB) as info:
         yield info
-    finally:
-        pg.run_sql(f"DROP DATABASE IF EXISTS {ROWDB} WITH (FORCE)")
 
 
 @pytest.fixture(scope="module", params=MODES)
@@ -244,13 +240,10 @@ def test_tenants_alternate_on_one_server_connection(pg, row_sample, tmp_path) ->
 @pytest.fixture
 def unsafe_row_db(pg: LocalPostgres, sample: SampleInfo) -> Iterator[str]:
     """A copy of the row sample whose orders table lost its RLS."""
-    info = dataclasses.replace(sample, row_database=f"rowunsafe_{os.getpid()}")
-    install_row_sample(pg, info)
-    backend_query(pg, info.row_database, "ALTER TABLE public.orders NO FORCE ROW LEVEL SECURITY")
-    try:
+    with row_sample_copy(pg, sample, f"rowunsafe_{os.getpid()}") as info:
+        backend_query(pg, info.row_database,
+                      "ALTER TABLE public.orders NO FORCE ROW LEVEL SECURITY")
         yield info.row_database
-    finally:
-        pg.run_sql(f"DROP DATABASE IF EXISTS {info.row_database} WITH (FORCE)")
 
 
 def test_unsafe_row_database_is_refused_and_others_served(pg, row_sample, unsafe_row_db,

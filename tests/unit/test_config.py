@@ -143,7 +143,7 @@ metrics: null
 pool_mode: session
 isolation_level: standard
 shared_schemas: [common, "Ext"]
-row: {{column: org_id, enforce: rls}}
+row: {{column: org_id, enforce: rls, prepare: false}}
 max_client_connections: 5
 max_message_size: 2048
 shutdown_timeout: 0
@@ -171,7 +171,8 @@ shutdown_timeout: 0
     assert cfg.resolve == ("sni", "options") and cfg.user_separator == "@"
     assert (cfg.metrics, cfg.pool_mode, cfg.isolation_level) == (None, "session", "standard")
     assert cfg.shared_schemas == ("common", "Ext")
-    assert cfg.row == RowSettings(column="org_id", shared_tables=(), enforce="rls")
+    assert cfg.row == RowSettings(column="org_id", shared_tables=(), enforce="rls",
+                                  prepare=False)
     assert (cfg.max_client_connections, cfg.max_message_size, cfg.shutdown_timeout) == (
         5, 2048, 0.0)
     assert cfg.tenants["globex"] == Tenant(name="globex", strategy="schema", cluster="other",
@@ -332,6 +333,8 @@ ERRORS = [
      "got the boolean false"),
     (BASE + "row: {enforce: all}\n",
      "cfg.yaml:11: row.enforce: expected one of rls | rewrite | both, got the string 'all'"),
+    (BASE + "row:\n  prepare: sometimes\n",
+     "cfg.yaml:12: row.prepare: expected true or false, got the string 'sometimes'"),
     (replace("strategy: database", "strategy: databse"),
      "cfg.yaml:10: tenants.acme.strategy: expected one of database | schema | row, "
      "got the string 'databse' (did you mean 'database'?)"),
