@@ -83,11 +83,13 @@ class ReplyRelay:
                 if entry is not None and entry.settings and mtype == m.COMMAND_COMPLETE:
                     self._statement_done(entry, reply.raw)
             elif mtype == m.READY_FOR_QUERY:
-                self._on_ready(reply.raw)
+                swallow = self._on_ready(reply.raw)
             elif mtype == m.ERROR_RESPONSE:
-                self.tracker.on_error()
-                self.tx_settings.error()
-                self.tm.error()
+                swallow = self._retried_stale_plan(reply.raw)
+                if not swallow:
+                    self.tracker.on_error()
+                    self.tx_settings.error()
+                    self.tm.error()
             elif mtype == m.COPY_IN_RESPONSE:
                 self._on_copy_in()
             elif mtype == m.PARAMETER_STATUS and not self._parameter_ok(reply.raw):
@@ -118,9 +120,12 @@ class ReplyRelay:
         elif (self.app.draining or self.retiring) and self.idle():
             self.fail(AdminShutdown(self._shutdown_reason()))
 
-    def _on_ready(self, raw: bytes) -> None:
+    def _on_ready(self, raw: bytes) -> bool:
+        """A ReadyForQuery: True if the proxy swallows it (that of a retried Query)."""
         self.tx_status = raw[5]
         entry = self.tracker.on_ready()
+        if entry is not None and entry.swallow:
+            return True  # `_retried_stale_plan`: the answer of the Query sent again follows
         now = time.perf_counter()
         self.tm.query(now - self.request_started)
         self.request_started = now  # a pipelined next request is timed from here
@@ -130,10 +135,32 @@ class ReplyRelay:
         if failed and entry.executes is not None:
             # Prepared by the proxy for a Query: after an error (0A000 "cached plan must
             # not change result type" would come every time) it is prepared afresh.
-            self.server.statements.forget(entry.executes)
+            self.server.statements.forget(entry.executes[0].server_name)
         if entry is not None and entry.settings and not failed:
             self.tx_settings.apply(entry.settings)  # statements whose tags told nothing
         self.tx_settings.ready(self.tx_status, failed)
+        return False
+
+    def _retried_stale_plan(self, raw: bytes) -> bool:
+        """An error at the Bind of a statement the proxy had prepared on this server
+        connection for an earlier Query: with SQLSTATE 0A000 this is most likely "cached
+        plan must not change result type" (a result column changed type since), which
+        the client's simple Query would never meet. When the Query began outside a
+        transaction block with nothing pipelined behind it, its implicit transaction
+        rolled back whole and nothing of its answer was sent: the error and its
+        ReadyForQuery are swallowed and the Query is sent again, its statement closed
+        and prepared afresh (once; the second answer, whatever it is, goes to the
+        client). True if so."""
+        queue = self.tracker.queue
+        if len(queue) != 1 or self.tx_status != IDLE:
+            return False
+        entry = queue[0]
+        if not entry.retry or m.decode_error_fields(raw).get("C") != "0A000":
+            return False
+        entry.swallow = True  # its ReadyForQuery: see `_on_ready`
+        self.server.statements.forget(entry.executes[0].server_name)
+        self._execute_prepared(entry.executes, retry=False)
+        return True
 
     def _statement_done(self, entry, raw: bytes) -> None:
         """A statement with setting or transaction events completed (CommandComplete)."""

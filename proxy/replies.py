@@ -32,11 +32,12 @@ TRACKED_REPLIES = frozenset(
 class Expect:
     """One entry: a reply the server will send, or bytes the proxy will send itself."""
 
-    __slots__ = ("replies", "swallow", "synthetic", "settings", "failed", "undo", "executes")
+    __slots__ = ("replies", "swallow", "synthetic", "settings", "failed", "undo", "executes",
+                 "retry")
 
     def __init__(self, replies: tuple[int, ...], swallow: bool = False,
                  synthetic: bytes | None = None, settings: tuple = (), undo=None,
-                 executes: str | None = None) -> None:
+                 executes: tuple | None = None, retry: bool = False) -> None:
         self.replies = replies  # the message types that end this entry's answer; () if synthetic
         self.swallow = swallow  # the proxy asked for it: do not relay it
         self.synthetic = synthetic  # bytes for the client, sent when this entry is reached
@@ -47,9 +48,13 @@ class Expect:
         # Called if the server skips or fails this message (no completion came): takes
         # back what the proxy recorded when sending it, e.g. a statement as prepared.
         self.undo = undo
-        # A simple Query the proxy sent as Bind/Execute/Sync of this prepared statement
-        # (proxy.sql.prepared): its BindComplete is not relayed, its errors unprepare it.
+        # A simple Query the proxy sent as Bind/Execute/Sync of a statement it prepared
+        # (proxy.sql.prepared.Bound: the statement, the messages): its BindComplete is
+        # not relayed, an error unprepares the statement. `retry`: the statement was
+        # prepared by an earlier request and not bound yet, so an error may be a stale
+        # plan that is sent again (relay.py `_retried_stale_plan`).
         self.executes = executes
+        self.retry = retry
 
 
 class ReplyTracker:
@@ -60,8 +65,9 @@ class ReplyTracker:
         self.pending_syncs = 0  # Query/Sync messages whose ReadyForQuery has not come
 
     def expect(self, replies: tuple[int, ...], *, swallow: bool = False,
-               settings: tuple = (), undo=None, executes: str | None = None) -> None:
-        self.queue.append(Expect(replies, swallow, None, settings, undo, executes))
+               settings: tuple = (), undo=None, executes: tuple | None = None,
+               retry: bool = False) -> None:
+        self.queue.append(Expect(replies, swallow, None, settings, undo, executes, retry))
         if replies is READY:
             self.pending_syncs += 1
 
@@ -87,7 +93,10 @@ class ReplyTracker:
             return False
         entry = queue[0]
         if entry.replies is READY:  # only a prepared Query's BindComplete is the proxy's
-            return reply == m.BIND_COMPLETE and entry.executes is not None
+            if reply == m.BIND_COMPLETE and entry.executes is not None:
+                entry.retry = False  # what follows is the answer: never asked for twice
+                return True
+            return False
         if reply in entry.replies:
             return queue.popleft().swallow
         return False

@@ -270,23 +270,24 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
             self._server_out.append(raw if decision.action == "allow" else m.query(decision.sql))
             self.tracker.expect(READY, settings=decision.settings)
         else:
-            self._execute_prepared(*bound)
+            self._execute_prepared(bound)
         self.server.unnamed_owner = None  # a simple Query replaces the unnamed statement
         if decision.session_state:
             self.server.dirty = True
 
-    def _execute_prepared(self, statement, messages: bytes) -> None:
+    def _execute_prepared(self, bound: tuple, retry: bool = True) -> None:
         """A rewritten Query as Bind/Execute/Sync of its shape's statement, prepared on
         this server connection first if it is not (proxy.sql.prepared). A Close goes
         before that Parse: an error unprepares the statement here (`_on_ready`) while
-        the server may still hold it."""
-        conn = self.server
-        if not conn.statements.has(statement.server_name):
+        the server may still hold it. `retry`: a stale plan may be retried once."""
+        statement, messages = bound
+        known = self.server.statements.has(statement.server_name)
+        if not known:
             self._send(m.close_statement(statement.server_name))
             self.tracker.expect(CLOSED, swallow=True)
             self._prepare_on_server(statement, swallow=True)
         self._server_out.append(messages)
-        self.tracker.expect(READY, executes=statement.server_name)
+        self.tracker.expect(READY, executes=bound, retry=known and retry)
 
     def _on_flush(self, raw: bytes) -> None:
         m.check_empty(raw, m.FLUSH, "Flush")  # forwarded as it is: nothing may follow

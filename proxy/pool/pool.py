@@ -107,8 +107,7 @@ class Pool:
         (None: open a new one), so tenants sharing a pool do not reset each other's
         connections back and forth; `acquire` falls back to it if opening fails."""
         idle = self.idle
-        while idle and idle[-1].closed:  # the server went away while it sat in the pool
-            self.discard(idle.pop())
+        self._discard_closed_newest()
         if not idle:
             return None
         # Every idle connection is looked at (newest first, at most pool_size of them): a
@@ -121,12 +120,15 @@ class Pool:
 
     def take_any_idle(self) -> ServerConnection | None:
         """The most recently used idle connection, whatever its state."""
-        while self.idle:
-            conn = self.idle.pop()
-            if not conn.closed:
-                return conn
-            self.discard(conn)
-        return None
+        self._discard_closed_newest()
+        return self.idle.pop() if self.idle else None
+
+    def _discard_closed_newest(self) -> None:
+        """Discard the newest idle connections whose server went away while they sat in
+        the pool, down to one still open (older closed ones are skipped when met)."""
+        idle = self.idle
+        while idle and idle[-1].closed:
+            self.discard(idle.pop())
 
     async def acquire(self, context_key: tuple) -> ServerConnection:
         """A connection for this pool, opening one or waiting at most `wait_timeout`."""

@@ -209,23 +209,58 @@ def test_row_prepare_false_sends_every_rewrite_as_a_query(pg, row_sample, tmp_pa
         assert f"id = {order_id}" in last_server_query(pg, "not-prepared")
 
 
-def test_a_changed_result_type_fails_once_then_the_shape_is_prepared_anew(
-        pg, row_sample, tmp_path) -> None:
-    """A prepared statement whose result column changes type fails with 0A000 on the server
-    connection that prepared it (PostgreSQL's rule); the proxy then prepares it again."""
+def test_a_changed_result_type_is_prepared_anew_without_an_error(pg, row_sample,
+                                                                 tmp_path) -> None:
+    """A prepared statement whose result column changed type fails with 0A000 "cached plan
+    must not change result type" on the server. Outside a transaction block the proxy
+    sends the Query again with the statement prepared afresh; inside one the error stands
+    (the transaction is aborted, as PostgreSQL has it), and the next use prepares anew."""
     order_id = order_ids(pg, "initech")[0]
     sql = f"SELECT amount FROM orders WHERE id = {order_id}"
     with start_proxy(pg, row_sample, workdir=tmp_path, row_tenants=True, pool_size=1) as proxy, \
             connect(proxy, row_sample, "initech", "changed-type") as conn:
         before = conn.execute(sql).fetchall()
-        backend_query(pg, ROWDB, "ALTER TABLE public.orders ALTER COLUMN amount TYPE bigint")
         try:
+            backend_query(pg, ROWDB, "ALTER TABLE public.orders ALTER COLUMN amount TYPE bigint")
+            cur = conn.execute(sql)
+            assert (cur.fetchall(), cur.description[0].type_code) == (before, 20)  # int8
+            assert "id = $1" in last_server_query(pg, "changed-type")
+            backend_query(pg, ROWDB, "ALTER TABLE public.orders ALTER COLUMN amount TYPE int")
+            conn.execute("BEGIN")
             with pytest.raises(psycopg.Error) as changed:
                 conn.execute(sql)
             assert sqlstate(changed.value) == "0A000"
+            conn.execute("ROLLBACK")
             cur = conn.execute(sql)
-            assert cur.fetchall() == before
-            assert cur.description[0].type_code == 20  # int8: prepared afresh
-            assert "id = $1" in last_server_query(pg, "changed-type")
+            assert (cur.fetchall(), cur.description[0].type_code) == (before, 23)  # int4
         finally:
             backend_query(pg, ROWDB, "ALTER TABLE public.orders ALTER COLUMN amount TYPE int")
+
+
+def test_a_stale_plan_with_a_query_pipelined_behind_it_is_not_sent_again(
+        pg, row_sample, tmp_path) -> None:
+    """Sent again, the first Query's answer would come after the second's: its 0A000
+    reaches the client. The second, alone by then, is sent again and answered."""
+    order_id = order_ids(pg, "initech")[0]
+    sql = f"SELECT amount FROM orders WHERE id = {order_id}".encode()
+    with start_proxy(pg, row_sample, workdir=tmp_path, row_tenants=True, pool_size=1) as proxy:
+        sock = raw_login("127.0.0.1", proxy.port, "app.initech", row_sample.password("app"))
+        try:
+            sock.sendall(message(b"Q", sql + b"\0"))
+            while read_message(sock)[0] != "Z":
+                pass
+            backend_query(pg, ROWDB, "ALTER TABLE public.orders ALTER COLUMN amount TYPE bigint")
+            sock.sendall(message(b"Q", sql + b"\0") * 2)
+            answers: list[list[tuple[str, bytes]]] = [[]]
+            while len(answers) < 3:
+                kind, body = read_message(sock)
+                answers[-1].append((kind, body))
+                if kind == "Z":
+                    answers.append([])
+        finally:
+            sock.close()
+            backend_query(pg, ROWDB, "ALTER TABLE public.orders ALTER COLUMN amount TYPE int")
+    assert [kind for kind, _ in answers[0]] == ["E", "Z"]
+    assert error_fields(answers[0][0][1])["C"] == "0A000"
+    assert [kind for kind, _ in answers[1]] == ["T", "D", "C", "Z"]
+    assert answers[1][0][1][-12:-8] == (20).to_bytes(4, "big")  # the column is int8 now

@@ -71,6 +71,19 @@ def test_ready_undoes_entries_left_without_an_answer() -> None:
     assert undone == ["parse"] and tracker.idle
 
 
+def test_a_query_sent_prepared_swallows_only_its_bind_complete_and_then_may_not_retry() -> None:
+    tracker = ReplyTracker()
+    tracker.expect(READY, executes=("statement", b"messages"), retry=True)
+    entry = tracker.queue[0]
+    assert tracker.on_completion(m.BIND_COMPLETE) is True
+    assert entry.retry is False  # its answer has begun: never asked for twice
+    for reply in (m.ROW_DESCRIPTION, m.COMMAND_COMPLETE, m.PARSE_COMPLETE):
+        assert tracker.on_completion(reply) is False
+    tracker.expect(READY)  # a plain Query behind it: its completions are all the client's
+    assert tracker.on_ready() is entry
+    assert tracker.on_completion(m.BIND_COMPLETE) is False
+
+
 def test_answer_with_nothing_pending_is_sent_at_once_and_never_undone() -> None:
     tracker = ReplyTracker()
     undone = []
