@@ -64,6 +64,17 @@ def last_server_query(pg: LocalPostgres, application_name: str = "prepared") -> 
     return rows[0][0]
 
 
+def read_answers(sock, count: int) -> list[list[tuple[str, bytes]]]:
+    """The messages of the next `count` answers (each up to its ReadyForQuery)."""
+    answers: list[list[tuple[str, bytes]]] = [[]]
+    while len(answers) <= count:
+        kind, body = read_message(sock)
+        answers[-1].append((kind, body))
+        if kind == "Z":
+            answers.append([])
+    return answers[:count]
+
+
 def test_a_numbers_only_shape_is_prepared_and_answers_as_the_backend(proxy, row_sample,
                                                                     pg) -> None:
     ids = order_ids(pg, "initech")
@@ -175,13 +186,8 @@ def test_pipelined_queries_get_their_own_answers_in_order(proxy, row_sample, pg)
         for _ in range(2):  # the first time the statement is prepared, then it is reused
             sock.sendall(b"".join(message(b"Q", sql.format(*args).encode() + b"\0")
                                   for args in ((ids[0], 1), (ids[0], 0), (ids[1], 1))))
-            answers: list[list[tuple[str, bytes]]] = [[]]
-            while len(answers) < 4:
-                kind, body = read_message(sock)
-                answers[-1].append((kind, body))
-                if kind == "Z":
-                    answers.append([])
-            kinds = ["".join(kind for kind, _ in answer) for answer in answers[:3]]
+            answers = read_answers(sock, 3)
+            kinds = ["".join(kind for kind, _ in answer) for answer in answers]
             assert kinds == ["TDCZ", "EZ", "TDCZ"]
             assert answers[0][1][1][6:].decode() == items[ids[0]]
             assert answers[2][1][1][6:].decode() == items[ids[1]]
@@ -251,12 +257,7 @@ def test_a_stale_plan_with_a_query_pipelined_behind_it_is_not_sent_again(
                 pass
             backend_query(pg, ROWDB, "ALTER TABLE public.orders ALTER COLUMN amount TYPE bigint")
             sock.sendall(message(b"Q", sql + b"\0") * 2)
-            answers: list[list[tuple[str, bytes]]] = [[]]
-            while len(answers) < 3:
-                kind, body = read_message(sock)
-                answers[-1].append((kind, body))
-                if kind == "Z":
-                    answers.append([])
+            answers = read_answers(sock, 2)
         finally:
             sock.close()
             backend_query(pg, ROWDB, "ALTER TABLE public.orders ALTER COLUMN amount TYPE int")
