@@ -12,6 +12,8 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from proxy.localpg import LocalPostgres
 from proxy.sample import SampleInfo
@@ -107,6 +109,30 @@ def test_number_literals_get_the_type_postgresql_gives_them(proxy, row_sample, p
             assert "pg_typeof($1)" in last_server_query(pg), literal
             want = direct.execute(f"SELECT pg_typeof({literal})::text, {literal}").fetchall()
             assert got == want, literal
+
+
+NUMBER_LITERALS = st.one_of(
+    st.integers(min_value=-10**25, max_value=10**25).map(str),
+    st.decimals(allow_nan=False, allow_infinity=False, places=None).map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+)
+
+
+@settings(max_examples=150, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(literal=NUMBER_LITERALS)
+def test_any_number_literal_has_the_type_and_value_it_has_in_postgresql(
+        proxy, row_sample, pg, literal: str) -> None:
+    """Property: through the prepared rewrite, a number literal's type and value are those
+    PostgreSQL gives it in a simple Query (compared with the backend directly)."""
+    order_id = order_ids(pg, "initech")[0]
+    with connect(proxy, row_sample, "initech") as conn, \
+            psycopg.connect(pg.dsn(dbname=ROWDB), autocommit=True) as direct:
+        got = conn.execute(f"SELECT pg_typeof({literal})::text, ({literal})::text FROM orders "
+                           f"WHERE id = {order_id}").fetchall()
+        want = direct.execute(f"SELECT pg_typeof({literal})::text, ({literal})::text").fetchall()
+        assert "pg_typeof($1)" in last_server_query(pg)  # it went as a parameter
+    assert got == want
 
 
 def test_another_tenants_rows_do_not_come_back_or_change(proxy, row_sample, pg) -> None:
