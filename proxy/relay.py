@@ -155,10 +155,16 @@ class ReplyRelay:
         if len(queue) != 1 or self.tx_status != IDLE:
             return False
         entry = queue[0]
-        if not entry.retry or m.decode_error_fields(raw).get("C") != "0A000":
+        if not entry.retry:
+            return False
+        fields = m.decode_error_fields(raw)
+        if fields.get("C") != "0A000":
             return False
         entry.swallow = True  # its ReadyForQuery: see `_on_ready`
-        self.server.statements.forget(entry.executes[0].server_name)
+        name = entry.executes[0].server_name
+        self.log.info("prepared statement stale, sent again", statement=name,
+                      reason=fields.get("M", ""))
+        self.server.statements.forget(name)
         self._execute_prepared(entry.executes, retry=False)
         return True
 

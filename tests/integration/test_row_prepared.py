@@ -257,6 +257,8 @@ def test_a_changed_result_type_is_prepared_anew_without_an_error(pg, row_sample,
             cur = conn.execute(sql)
             assert (cur.fetchall(), cur.description[0].type_code) == (before, 20)  # int8
             assert "id = $1" in last_server_query(pg, "changed-type")
+            proxy.wait_for_log("prepared statement stale, sent again.*"
+                               "cached plan must not change result type")
             backend_query(pg, ROWDB, "ALTER TABLE public.orders ALTER COLUMN amount TYPE int")
             conn.execute("BEGIN")
             with pytest.raises(psycopg.Error) as changed:
