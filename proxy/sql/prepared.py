@@ -78,7 +78,7 @@ class ServerForm:
         key = tuple(types)
         known = self._prepared.get(key)
         if known is None:
-            known = self._prepared[key] = _prepare(self.sql, key)
+            known = self._prepared[key] = _statement_and_head(self.sql, key)
         statement, head = known
         body = b"".join(values)
         bind = b"B" + _I32.pack(len(head) + len(body) + 6) + head + body + _NO_RESULT_FORMATS
@@ -98,7 +98,8 @@ def number_type(value: str) -> int | None:
     return NUMERIC if _DECIMAL.fullmatch(digits) else None
 
 
-def _prepare(sql: str, types: tuple[int, ...]) -> tuple[Statement, bytes]:
+def _statement_and_head(sql: str, types: tuple[int, ...]) -> tuple[Statement, bytes]:
+    """The statement for these parameter types and its Bind message's body up to the values."""
     statement = make_statement(sql, types)
     head = (b"\x00" + statement.server_name.encode() + b"\x00"  # unnamed portal, statement
             + b"\x00\x00" + struct.pack("!H", len(types)))  # all parameters in text

@@ -238,7 +238,6 @@ class Templater:
                       if i not in used)
         return Template(self.shape.key, tuple(pieces), tuple(slots), fixed)
 
-
     def parameters(self) -> tuple[tuple[int, int], ...] | None:
         """The source of each placeholder, `$1` first, when the rewritten text may be sent
         as a parameterised statement: the statement has no parameters of its own and every
