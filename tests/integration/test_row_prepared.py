@@ -246,7 +246,8 @@ def test_a_changed_result_type_is_prepared_anew_without_an_error(pg, row_sample,
     """A prepared statement whose result column changed type fails with 0A000 "cached plan
     must not change result type" on the server. Outside a transaction block the proxy
     sends the Query again with the statement prepared afresh; inside one the error stands
-    (the transaction is aborted, as PostgreSQL has it), and the next use prepares anew."""
+    (the transaction is aborted, as PostgreSQL has it), and the next use prepares anew,
+    inside a transaction block too."""
     order_id = order_ids(pg, "initech")[0]
     sql = f"SELECT amount FROM orders WHERE id = {order_id}"
     with start_proxy(pg, row_sample, workdir=tmp_path, row_tenants=True, pool_size=1) as proxy, \
@@ -265,8 +266,10 @@ def test_a_changed_result_type_is_prepared_anew_without_an_error(pg, row_sample,
                 conn.execute(sql)
             assert sqlstate(changed.value) == "0A000"
             conn.execute("ROLLBACK")
+            conn.execute("BEGIN")  # the failed statement was closed: prepared anew here
             cur = conn.execute(sql)
             assert (cur.fetchall(), cur.description[0].type_code) == (before, 23)  # int4
+            conn.execute("COMMIT")
         finally:
             backend_query(pg, ROWDB, "ALTER TABLE public.orders ALTER COLUMN amount TYPE int")
 
