@@ -63,7 +63,8 @@ def scenario_entry(scenario: Scenario, by_target: dict[str, list[RunResult]] | N
                    idle: dict[str, IdleResult] | None = None, note: str = "") -> dict:
     """The JSON entry of one scenario, ratios included."""
     entry = {"key": scenario.key, "title": scenario.title, "kind": scenario.kind,
-             "skip_reason": scenario.skip_reason or None, "note": note or None, "targets": {}}
+             "skip_reason": scenario.skip_reason or None, "note": note or None,
+             "pgbouncer_mode": scenario.pgbouncer_mode, "targets": {}}
     by_target = {t: runs for t, runs in (by_target or {}).items() if runs}
     if by_target:
         entry["targets"] = {t: summarize_runs(r) for t, r in by_target.items()}
@@ -162,6 +163,8 @@ def _target_note(entry: dict, target: str, summary: dict) -> str:
         notes.append(f"analysis cache hits {summary['cache_hit_ratio']:.2%}")
     if target == "direct" and entry.get("note"):
         notes.append(entry["note"])
+    if target == "pgbouncer" and entry.get("pgbouncer_mode") == "session":
+        notes.append("session mode (no prepared statements in transaction mode before 1.21)")
     vs_relay = entry.get("ratios", {}).get("tenantgate/relay")
     if target == "tenantgate" and vs_relay is not None:
         notes.append(f"×relay {_marked(vs_relay, entry['targets'].get('relay'), summary)}")

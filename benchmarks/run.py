@@ -18,6 +18,7 @@ import argparse
 import shlex
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python benchmarks/run.py`: make `benchmarks` importable
@@ -29,7 +30,7 @@ from benchmarks.idle import IdleResult, measure_idle  # noqa: E402
 from benchmarks.machine import describe, finish, machine_info  # noqa: E402
 from benchmarks.pgbench import RunResult, Workload, run_pgbench  # noqa: E402
 from benchmarks.scenarios import Scenario, all_scenarios, select  # noqa: E402
-from benchmarks.services import (ROW_DB, Services, ServiceError,  # noqa: E402
+from benchmarks.services import (ROW_DB, SESSION_DB, Services, ServiceError,  # noqa: E402
                                  Target, analysis_cache_counters, find_pgbouncer,
                                  raise_nofile_limit, row_targets)
 
@@ -128,6 +129,8 @@ class Bench:
         """Where a scenario's pgbench connects (row scenarios: services.row_targets, through
         the tenantgate of the scenario's `row.enforce`)."""
         if scenario.row_enforce is None:
+            if name == "pgbouncer" and scenario.pgbouncer_mode == "session":
+                return replace(self.targets[name], dbname=SESSION_DB)
             return self.targets[name]
         if name != "tenantgate":
             return row_targets(self.targets[name], tenantgate=False)

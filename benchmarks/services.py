@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 SERVER_USER = "postgres"
 PGBENCH_TABLES = ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history")
 BENCH_DB = "acme"  # a database-strategy sample tenant: the pgbench tables live there
+SESSION_DB = f"{BENCH_DB}_session"  # PgBouncer's alias of BENCH_DB in session mode
 ROW_DB = "pgrow"  # scenario f: pgbench tables whose accounts carry a tenant column
 ROW_TENANTS = ("t1", "t2", "t3", "t4")  # row tenants of ROW_DB; accounts spread evenly
 NOFILE_WANTED = 65536  # 10,000 idle clients + the rest, in this process and in each proxy
@@ -230,6 +231,8 @@ class Services:
         return "\n".join([
             "[databases]",
             f"{BENCH_DB} = host={self.pg.host} port={self.pg.port} dbname={BENCH_DB}",
+            f"{SESSION_DB} = host={self.pg.host} port={self.pg.port} dbname={BENCH_DB} "
+            "pool_mode=session",
             *(row if self.row_db else []),
             "",
             "[pgbouncer]",

@@ -25,14 +25,21 @@ BIND_COMPLETE = m.bind_complete()
 class ReplyRelay:
     def _server_data(self, data: bytes) -> None:
         queue = self.tracker.queue
-        if len(queue) == 1 and queue[0].replies is READY and not queue[0].settings \
-                and self.server.scanner.whole_reply(data, COMPLETIONS):
-            if queue[0].executes is None:
-                self._whole_reply(data)
-                return
-            if data.startswith(BIND_COMPLETE):  # a Query sent prepared: the rest is its answer
-                self._whole_reply(data[len(BIND_COMPLETE):])
-                return
+        if len(queue) == 1:
+            if queue[0].replies is READY and not queue[0].settings \
+                    and self.server.scanner.whole_reply(data, COMPLETIONS):
+                if queue[0].executes is None:
+                    self._whole_reply(data)
+                    return
+                if data.startswith(BIND_COMPLETE):  # a Query sent prepared: then its answer
+                    self._whole_reply(data[len(BIND_COMPLETE):])
+                    return
+        elif queue and self.server.scanner.whole_reply(data, COMPLETIONS) \
+                and self.tracker.drop_relayed():
+            # The whole answer to Bind/Describe/Execute/Sync and the like: relayed as it is,
+            # then handled as the answer to one Query.
+            self._whole_reply(data)
+            return
         self._replies(data)
 
     def _whole_reply(self, data: bytes) -> None:

@@ -132,6 +132,24 @@ class ReplyTracker:
             for undo in reversed(skipped):
                 undo()
 
+    def drop_relayed(self) -> bool:
+        """For an answer that holds the whole reply to everything pending, up to the one
+        ReadyForQuery, with no error in it: when every entry before that ReadyForQuery is
+        the client's own (nothing swallowed, answered by the proxy, or carrying settings),
+        drop those entries (their completions are relayed as they are) and return True,
+        leaving the ReadyForQuery's entry for `on_ready`. Else change nothing: False."""
+        queue = self.queue
+        if self.pending_syncs != 1 or queue[-1].replies is not READY:
+            return False
+        for entry in queue:
+            if entry.swallow or entry.synthetic is not None or entry.settings \
+                    or entry.executes is not None:
+                return False
+        last = queue[-1]
+        queue.clear()
+        queue.append(last)
+        return True
+
     def take_synthetic(self) -> bytes:
         """Proxy answers that are now at the front of the queue."""
         queue = self.queue

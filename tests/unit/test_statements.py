@@ -13,7 +13,7 @@ import pytest
 from proxy import statements as statements_module
 from proxy.extended import ExtendedQuery
 from proxy.protocol import messages as m
-from proxy.replies import BOUND, EXECUTED, PARSED, READY, ReplyTracker
+from proxy.replies import BOUND, DESCRIBED, EXECUTED, PARSED, READY, ReplyTracker
 from proxy.statements import ServerStatements, make_statement
 
 # -- ServerStatements ------------------------------------------------------------------------
@@ -82,6 +82,33 @@ def test_a_query_sent_prepared_swallows_only_its_bind_complete_and_then_may_not_
     tracker.expect(READY)  # a plain Query behind it: its completions are all the client's
     assert tracker.on_ready() is entry
     assert tracker.on_completion(m.BIND_COMPLETE) is False
+
+
+def test_a_whole_extended_answer_drops_only_entries_that_are_all_the_clients() -> None:
+    tracker = ReplyTracker()
+    for replies in (BOUND, DESCRIBED, EXECUTED, READY):
+        tracker.expect(replies)
+    assert tracker.drop_relayed() is True
+    assert [entry.replies for entry in tracker.queue] == [READY]
+    assert tracker.on_ready() is not None and tracker.idle and tracker.pending_syncs == 0
+
+
+@pytest.mark.parametrize("unlike", ["swallowed", "synthetic", "settings", "executes",
+                                    "second sync"])
+def test_a_whole_extended_answer_with_the_proxys_own_parts_takes_the_slow_path(unlike) -> None:
+    tracker = ReplyTracker()
+    if unlike == "synthetic":
+        tracker.expect(PARSED)
+        tracker.answer(b"synthetic")
+    tracker.expect(PARSED, swallow=unlike == "swallowed")
+    tracker.expect(EXECUTED, settings=("a change",) if unlike == "settings" else ())
+    tracker.expect(READY, executes=("statement", b"") if unlike == "executes" else None)
+    if unlike == "second sync":
+        tracker.expect(BOUND)
+        tracker.expect(READY)
+    before = list(tracker.queue)
+    assert tracker.drop_relayed() is False
+    assert list(tracker.queue) == before
 
 
 def test_answer_with_nothing_pending_is_sent_at_once_and_never_undone() -> None:
