@@ -34,10 +34,11 @@ class ReplyRelay:
                 if data.startswith(BIND_COMPLETE):  # a Query sent prepared: then its answer
                     self._whole_reply(data[len(BIND_COMPLETE):])
                     return
-        elif queue and self.server.scanner.whole_reply(data, COMPLETIONS) \
-                and self.tracker.drop_relayed():
+        elif queue and self.tracker.relayed_only() \
+                and self.server.scanner.whole_reply(data, COMPLETIONS):
             # The whole answer to Bind/Describe/Execute/Sync and the like: relayed as it is,
             # then handled as the answer to one Query.
+            self.tracker.drop_to_ready()
             self._whole_reply(data)
             return
         self._replies(data)

@@ -132,12 +132,11 @@ class ReplyTracker:
             for undo in reversed(skipped):
                 undo()
 
-    def drop_relayed(self) -> bool:
-        """For an answer that holds the whole reply to everything pending, up to the one
-        ReadyForQuery, with no error in it: when every entry before that ReadyForQuery is
-        the client's own (nothing swallowed, answered by the proxy, or carrying settings),
-        drop those entries (their completions are relayed as they are) and return True,
-        leaving the ReadyForQuery's entry for `on_ready`. Else change nothing: False."""
+    def relayed_only(self) -> bool:
+        """Is everything pending up to one ReadyForQuery, which ends the queue, the
+        client's own (nothing the proxy swallows or answers itself, no settings, no
+        prepared Query)? Then an answer that holds the whole reply to it, with no error
+        in it, can be relayed as it is (`drop_to_ready`). Changes nothing."""
         queue = self.queue
         if self.pending_syncs != 1 or queue[-1].replies is not READY:
             return False
@@ -145,10 +144,15 @@ class ReplyTracker:
             if entry.swallow or entry.synthetic is not None or entry.settings \
                     or entry.executes is not None:
                 return False
+        return True
+
+    def drop_to_ready(self) -> None:
+        """After `relayed_only`: the completions were relayed as they are; drop their
+        entries, leaving the ReadyForQuery's for `on_ready`."""
+        queue = self.queue
         last = queue[-1]
         queue.clear()
         queue.append(last)
-        return True
 
     def take_synthetic(self) -> bytes:
         """Proxy answers that are now at the front of the queue."""

@@ -88,7 +88,8 @@ def test_a_whole_extended_answer_drops_only_entries_that_are_all_the_clients() -
     tracker = ReplyTracker()
     for replies in (BOUND, DESCRIBED, EXECUTED, READY):
         tracker.expect(replies)
-    assert tracker.drop_relayed() is True
+    assert tracker.relayed_only() is True
+    tracker.drop_to_ready()
     assert [entry.replies for entry in tracker.queue] == [READY]
     assert tracker.on_ready() is not None and tracker.idle and tracker.pending_syncs == 0
 
@@ -107,7 +108,7 @@ def test_a_whole_extended_answer_with_the_proxys_own_parts_takes_the_slow_path(u
         tracker.expect(BOUND)
         tracker.expect(READY)
     before = list(tracker.queue)
-    assert tracker.drop_relayed() is False
+    assert tracker.relayed_only() is False
     assert list(tracker.queue) == before
 
 
