@@ -19,6 +19,11 @@ from proxy.replies import BOUND, CLOSED, DESCRIBED, EXECUTED, PARSED, READY
 from proxy.statements import make_statement
 
 
+# What may follow a Bind of the unnamed portal to be sent with it as one request
+# (`_sent_to_sync`): byte for byte, so nothing in them needs reading.
+BATCH_TAILS = (m.describe("P", "") + m.execute("", 0) + m.sync(), m.execute("", 0) + m.sync())
+
+
 class BindCheck:
     """What each Bind of one client statement checks (ExtendedQuery._bind_allowed)."""
 
@@ -185,7 +190,26 @@ class ExtendedQuery:
             if server_name:
                 raw = m.rename_bind(raw, bind.portal, server_name)
             self._bind_settings(bind.portal, bind.statement)
+            if not bind.portal and not self.portal_settings and self._sent_to_sync(raw):
+                return
         self._send_extended(raw, BOUND)
+
+    def _sent_to_sync(self, bind: bytes) -> bool:
+        """The most common extended request, a Bind of the unnamed portal followed by
+        exactly Describe of it, Execute of all its rows and Sync (libpq's
+        PQexecPrepared; asyncpg leaves out the Describe), is sent as one piece with one
+        entry for its whole answer, as a simple Query is: the Describe, Execute and Sync
+        then cost no dispatch and no entries of their own, and the answer is relayed
+        whole (relay.py `_server_data`). True if so; False (nothing consumed) when the
+        bytes after the Bind are anything else."""
+        for tail in BATCH_TAILS:
+            if self.reader.take_exactly(tail):
+                self._send(bind)
+                self._send(tail)
+                self.tracker.expect(READY, batch=True)
+                self.unsynced = False
+                return True
+        return False
 
     def _bind_allowed(self, raw: bytes, check: BindCheck) -> bool:
         """Refuse a Bind (False) whose statement is no longer allowed or whose tenant-column

@@ -188,10 +188,14 @@ class ReplyRelay:
     def _on_copy_in(self) -> None:
         """COPY FROM STDIN started. Started by an Execute, the server ignores every Sync
         until the copy ends: those the client sent before it saw CopyInResponse (libpq
-        sends Execute and Sync together) get no ReadyForQuery."""
+        sends Execute and Sync together) get no ReadyForQuery. A Bind…Sync tracked as
+        one entry (`Expect.batch`) becomes its Execute's, which the copy's end answers."""
         queue = self.tracker.queue
-        if not queue or queue[0].replies is READY:
+        if not queue or (queue[0].replies is READY and not queue[0].batch):
             return  # a simple Query's COPY
+        if queue[0].batch:  # a Bind…Sync sent as one: its Execute's answer ends the copy
+            queue[0].replies, queue[0].batch = EXECUTED, False
+            self.tracker.pending_syncs -= 1
         ignored = [entry for entry in queue if entry.replies is READY]
         for entry in ignored:
             queue.remove(entry)

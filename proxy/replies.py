@@ -33,11 +33,12 @@ class Expect:
     """One entry: a reply the server will send, or bytes the proxy will send itself."""
 
     __slots__ = ("replies", "swallow", "synthetic", "settings", "failed", "undo", "executes",
-                 "retry")
+                 "retry", "batch")
 
     def __init__(self, replies: tuple[int, ...], swallow: bool = False,
                  synthetic: bytes | None = None, settings: tuple = (), undo=None,
-                 executes: tuple | None = None, retry: bool = False) -> None:
+                 executes: tuple | None = None, retry: bool = False,
+                 batch: bool = False) -> None:
         self.replies = replies  # the message types that end this entry's answer; () if synthetic
         self.swallow = swallow  # the proxy asked for it: do not relay it
         self.synthetic = synthetic  # bytes for the client, sent when this entry is reached
@@ -55,6 +56,10 @@ class Expect:
         # plan that is sent again (relay.py `_retried_stale_plan`).
         self.executes = executes
         self.retry = retry
+        # A Sync's ReadyForQuery that also ends the Bind, Describe and Execute before it
+        # (ExtendedQuery._on_bind): like a simple Query's, the completions inside it end
+        # nothing, but a COPY it starts ignores its Sync (relay.py `_on_copy_in`).
+        self.batch = batch
 
 
 class ReplyTracker:
@@ -66,8 +71,8 @@ class ReplyTracker:
 
     def expect(self, replies: tuple[int, ...], *, swallow: bool = False,
                settings: tuple = (), undo=None, executes: tuple | None = None,
-               retry: bool = False) -> None:
-        self.queue.append(Expect(replies, swallow, None, settings, undo, executes, retry))
+               retry: bool = False, batch: bool = False) -> None:
+        self.queue.append(Expect(replies, swallow, None, settings, undo, executes, retry, batch))
         if replies is READY:
             self.pending_syncs += 1
 

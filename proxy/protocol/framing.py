@@ -82,6 +82,14 @@ class MessageReader:
         """Bytes received but not yet returned as messages."""
         return len(self._data) - self._pos
 
+    def take_exactly(self, expected: bytes) -> bool:
+        """Consume `expected` (whole messages the caller knows byte for byte) if the
+        pending bytes begin with it; False, consuming nothing, if they do not."""
+        if self._data.startswith(expected, self._pos):
+            self._pos += len(expected)
+            return True
+        return False
+
 
 class StartupReader:
     """Frames untyped startup-phase messages (int32 length incl. itself + body).

@@ -894,3 +894,97 @@ def test_deallocate_name_and_discard_all_behave_as_on_postgres(proxy, pg) -> Non
     assert expected[6:8] == ["DISCARD ALL", "26000"] and expected[-3:-1] == ["25001", "INERROR"]
     assert got[:8] == expected[:8]
     assert got[8] != "Asia/Tokyo" and got[9:] == expected[9:]  # the client's own TimeZone
+
+
+
+# -- a Bind with its Describe, Execute and Sync sent as one request (extended.py) ---------------
+
+PER_ROW = "SELECT g, 12 / (g - $1::int) FROM generate_series(1, 3) AS g"  # $1 = 2: 22012 at row 2
+BATCH_TAILS = {"libpq": describe("P") + execute() + SYNC, "asyncpg": execute() + SYNC}
+
+
+def batch_requests(tail: bytes) -> bytes:
+    """Three requests of the named statement `s` in one write: rows, an error at Execute
+    (division by zero in the second row), rows again."""
+    return b"".join(bind("", "s", (value,)) + tail for value in (b"9", b"2", b"0"))
+
+
+def errors_of(normalised: list[tuple[str, object]]) -> list[object]:
+    return [body for kind, body in normalised if kind == "E"]
+
+
+@pytest.mark.parametrize("tail", BATCH_TAILS)
+def test_bind_execute_sync_in_one_write_matches_postgres(proxy, pg, tail) -> None:
+    """First use on the server connection (the proxy's own Parse goes first), an error in
+    the middle request, and the request after it: answered as PostgreSQL answers them."""
+    answers = []
+    for sock in (proxy_socket(proxy), direct_socket(pg)):
+        with sock:
+            sock.sendall(parse("s", PER_ROW) + SYNC)
+            assert kinds(read_until_ready(sock)) == ["1", "Z"]
+            sock.sendall(batch_requests(BATCH_TAILS[tail]))
+            answers.append(normalise(read_until_ready(sock, 3)))
+            sock.sendall(query("SELECT 42"))
+            assert read_until_ready(sock)[1] == ("D", data_row(b"42"))
+    proxied, direct = answers
+    assert errors_of(direct) == ["22012"] and kinds(direct).count("D") == 3 + 1 + 3
+    assert proxied == direct
+
+
+@pytest.mark.parametrize("tail", BATCH_TAILS)
+def test_bind_execute_sync_error_in_transaction_rolls_it_back(proxy, pg, tail) -> None:
+    marker = f"batch-{uuid.uuid4().hex[:12]}"
+    answers = []
+    for sock in (proxy_socket(proxy), direct_socket(pg)):
+        with sock:
+            sock.sendall(parse("s", PER_ROW) + SYNC + query("BEGIN"))
+            read_until_ready(sock, 2)
+            sock.sendall(query(f"INSERT INTO items (name) VALUES ('{marker}')"))
+            read_until_ready(sock)
+            sock.sendall(batch_requests(BATCH_TAILS[tail]) + query("COMMIT"))
+            answers.append(normalise(read_until_ready(sock, 4)))
+    proxied, direct = answers
+    assert errors_of(direct) == ["22012", "25P02"]
+    assert direct[-2:] == [("C", b"ROLLBACK\0"), ("Z", b"I")]
+    assert proxied == direct
+    assert backend_query(pg, "acme", "SELECT count(*) FROM items WHERE name = %s",
+                         (marker,)) == [(0,)]
+
+
+def test_bind_execute_sync_gives_the_server_connection_back(proxy_factory) -> None:
+    """With one server connection, a second client is answered after each request of the
+    first: a named statement's that succeeded, one that failed, and an unnamed Parse with
+    its Bind…Sync (libpq's PQexecParams)."""
+    proxy = proxy_factory(pool_size=1)
+    requests = [bind("", "s", (b"9",)), bind("", "s", (b"2",)), parse("", "SELECT 5") + bind()]
+    with proxy_socket(proxy) as first, proxy_socket(proxy) as second:
+        first.sendall(parse("s", PER_ROW) + SYNC)
+        read_until_ready(first)
+        for request in requests:
+            first.sendall(request + BATCH_TAILS["libpq"])
+            assert read_until_ready(first)[-1] == ("Z", b"I")
+            second.sendall(query("SELECT 7"))  # a 10 s socket timeout bounds the wait
+            assert read_until_ready(second)[1] == ("D", data_row(b"7"))
+
+
+def test_copy_from_stdin_of_a_named_statement_in_one_write(proxy_factory, pg) -> None:
+    """COPY started by the Execute of such a request ignores its Sync: the client's CopyDone
+    and next Sync end it, and the connection is then free for another client."""
+    table = f"copy_{uuid.uuid4().hex[:10]}"
+    pg.run_sql(f"CREATE TABLE public.{table} (id int); GRANT INSERT, SELECT ON public.{table} "
+               "TO tenantgate;", dbname="acme")
+    proxy = proxy_factory(pool_size=1)
+    try:
+        with proxy_socket(proxy) as first, proxy_socket(proxy) as second:
+            first.sendall(parse("c", f"COPY {table} FROM STDIN") + SYNC)
+            read_until_ready(first)
+            first.sendall(bind("", "c") + BATCH_TAILS["libpq"])
+            assert kinds(read_n(first, 3)) == ["2", "n", "G"]
+            first.sendall(message(b"d", b"1\n2\n") + message(b"c", b"") + SYNC)
+            assert read_until_ready(first) == [("C", b"COPY 2\0"), ("Z", b"I")]
+            second.sendall(query(f"SELECT count(*) FROM {table}"))
+            assert read_until_ready(second)[1] == ("D", data_row(b"2"))
+            first.sendall(query("SELECT 1"))
+            assert kinds(read_until_ready(first)) == ["T", "D", "C", "Z"]
+    finally:
+        pg.run_sql(f"DROP TABLE public.{table};", dbname="acme")

@@ -86,6 +86,32 @@ def test_reader_many_small_messages_in_one_chunk():
     assert reader.pending() == 3
 
 
+def test_reader_take_exactly_consumes_only_a_whole_match():
+    reader = MessageReader(1000)
+    reader.feed(QUERY + SYNC + PARSE)
+    assert reader.next() == (ord("Q"), QUERY)
+    assert not reader.take_exactly(SYNC + SYNC)  # the bytes after the Sync differ
+    assert not reader.take_exactly(PARSE)
+    assert reader.take_exactly(SYNC)
+    assert reader.next() == (ord("P"), PARSE)
+    assert reader.pending() == 0
+
+
+@pytest.mark.parametrize("cut", range(1, len(SYNC + QUERY)))
+def test_reader_take_exactly_waits_for_the_whole_of_it(cut):
+    """Not all there yet, or kept in the bytearray of a partial message: nothing is taken
+    before the last byte has come, then all of it is."""
+    reader = MessageReader(1000)
+    reader.feed(PARSE[:3])
+    reader.feed(PARSE[3:] + (SYNC + QUERY)[:cut])
+    assert reader.next() == (ord("P"), PARSE)
+    assert not reader.take_exactly(SYNC + QUERY)
+    assert reader.pending() == cut
+    reader.feed((SYNC + QUERY)[cut:])
+    assert reader.take_exactly(SYNC + QUERY)
+    assert reader.pending() == 0
+
+
 @pytest.mark.parametrize("length", [0, 3, -1, -(1 << 31)])
 def test_reader_rejects_short_length(length):
     reader = MessageReader(1000)
