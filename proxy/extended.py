@@ -20,8 +20,11 @@ from proxy.statements import make_statement
 
 
 # What may follow a Bind of the unnamed portal to be sent with it as one request
-# (`_sent_to_sync`): byte for byte, so nothing in them needs reading.
-BATCH_TAILS = (m.describe("P", "") + m.execute("", 0) + m.sync(), m.execute("", 0) + m.sync())
+# (`_sent_to_sync`): byte for byte, so nothing in them needs reading. libpq's
+# PQexecPrepared and psycopg send the first; asyncpg the second (fetch, execute) and the
+# third (fetchrow, fetchval: one row).
+BATCH_TAILS = (m.describe("P", "") + m.execute("", 0) + m.sync(), m.execute("", 0) + m.sync(),
+               m.execute("", 1) + m.sync())
 
 
 class BindCheck:
@@ -196,8 +199,7 @@ class ExtendedQuery:
 
     def _sent_to_sync(self, bind: bytes) -> bool:
         """The most common extended request, a Bind of the unnamed portal followed by
-        exactly Describe of it, Execute of all its rows and Sync (libpq's
-        PQexecPrepared; asyncpg leaves out the Describe), is sent as one piece with one
+        exactly Describe of it, Execute and Sync (`BATCH_TAILS`), is sent as one piece with one
         entry for its whole answer, as a simple Query is: the Describe, Execute and Sync
         then cost no dispatch and no entries of their own, and the answer is relayed
         whole (relay.py `_server_data`). True if so; False (nothing consumed) when the

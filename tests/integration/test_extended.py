@@ -899,14 +899,15 @@ def test_deallocate_name_and_discard_all_behave_as_on_postgres(proxy, pg) -> Non
 
 # -- a Bind with its Describe, Execute and Sync sent as one request (extended.py) ---------------
 
-PER_ROW = "SELECT g, 12 / (g - $1::int) FROM generate_series(1, 3) AS g"  # $1 = 2: 22012 at row 2
-BATCH_TAILS = {"libpq": describe("P") + execute() + SYNC, "asyncpg": execute() + SYNC}
+PER_ROW = "SELECT g, 12 / (g - $1::int) FROM generate_series(1, 3) AS g"  # $1 = 1: 22012
+BATCH_TAILS = {"libpq": describe("P") + execute() + SYNC, "asyncpg": execute() + SYNC,
+               "asyncpg-fetchrow": execute(max_rows=1) + SYNC}
 
 
 def batch_requests(tail: bytes) -> bytes:
     """Three requests of the named statement `s` in one write: rows, an error at Execute
-    (division by zero in the second row), rows again."""
-    return b"".join(bind("", "s", (value,)) + tail for value in (b"9", b"2", b"0"))
+    (division by zero in the first row), rows again."""
+    return b"".join(bind("", "s", (value,)) + tail for value in (b"9", b"1", b"0"))
 
 
 def errors_of(normalised: list[tuple[str, object]]) -> list[object]:
@@ -927,7 +928,7 @@ def test_bind_execute_sync_in_one_write_matches_postgres(proxy, pg, tail) -> Non
             sock.sendall(query("SELECT 42"))
             assert read_until_ready(sock)[1] == ("D", data_row(b"42"))
     proxied, direct = answers
-    assert errors_of(direct) == ["22012"] and kinds(direct).count("D") == 3 + 1 + 3
+    assert errors_of(direct) == ["22012"] and kinds(direct).count("D") >= 2
     assert proxied == direct
 
 
@@ -956,7 +957,7 @@ def test_bind_execute_sync_gives_the_server_connection_back(proxy_factory) -> No
     first: a named statement's that succeeded, one that failed, and an unnamed Parse with
     its Bind…Sync (libpq's PQexecParams)."""
     proxy = proxy_factory(pool_size=1)
-    requests = [bind("", "s", (b"9",)), bind("", "s", (b"2",)), parse("", "SELECT 5") + bind()]
+    requests = [bind("", "s", (b"9",)), bind("", "s", (b"1",)), parse("", "SELECT 5") + bind()]
     with proxy_socket(proxy) as first, proxy_socket(proxy) as second:
         first.sendall(parse("s", PER_ROW) + SYNC)
         read_until_ready(first)
