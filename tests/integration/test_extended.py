@@ -18,6 +18,8 @@ import uuid
 import asyncpg
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from psycopg import pq
 
 from proxy.sample import canary, sample_items
@@ -989,3 +991,36 @@ def test_copy_from_stdin_of_a_named_statement_in_one_write(proxy_factory, pg) ->
             assert kinds(read_until_ready(first)) == ["T", "D", "C", "Z"]
     finally:
         pg.run_sql(f"DROP TABLE public.{table};", dbname="acme")
+
+
+# Requests of the named statement `s` and simple Queries, in any order: the Bind…Sync ones in
+# each of the forms sent as one piece, and in a form that is not (a named portal).
+REQUESTS = st.sampled_from(
+    [bind("", "s", (value,)) + tail for value in (b"9", b"1") for tail in BATCH_TAILS.values()]
+    + [bind("p", "s", (b"0",)) + describe("P", "p") + execute("p") + SYNC,
+       query("SELECT 1/0"), query("SELECT 7")])
+
+
+@settings(max_examples=40, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(requests=st.lists(REQUESTS, min_size=1, max_size=6), cuts=st.lists(st.integers(1, 400)))
+def test_requests_in_any_pieces_are_answered_as_postgres_answers(proxy, pg, requests,
+                                                                  cuts) -> None:
+    """Property: whichever requests follow each other and wherever the client's writes cut
+    them (a Bind's Describe, Execute and Sync may come in a later read than the Bind),
+    the client gets what PostgreSQL gives."""
+    stream = b"".join(requests)
+    bounds = sorted({cut for cut in cuts if cut < len(stream)}) + [len(stream)]
+    answers = []
+    for sock in (proxy_socket(proxy), direct_socket(pg)):
+        with sock:
+            sock.sendall(parse("s", PER_ROW) + SYNC)
+            read_until_ready(sock)
+            start = 0
+            for end in bounds:
+                sock.sendall(stream[start:end])
+                start = end
+            answers.append(normalise(read_until_ready(sock, len(requests))))
+    proxied, direct = answers
+    assert kinds(direct).count("Z") == len(requests)
+    assert proxied == direct
