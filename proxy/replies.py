@@ -57,7 +57,7 @@ class Expect:
         self.executes = executes
         self.retry = retry
         # A Sync's ReadyForQuery that also ends the Bind, Describe and Execute before it
-        # (ExtendedQuery._on_bind): like a simple Query's, the completions inside it end
+        # (ExtendedQuery._sent_to_sync): like a simple Query's, the completions inside it end
         # nothing, but a COPY it starts ignores its Sync (relay.py `_on_copy_in`).
         self.batch = batch
 
