@@ -23,8 +23,7 @@ from proxy.statements import make_statement
 # (`_sent_to_sync`): byte for byte, so nothing in them needs reading. libpq's
 # PQexecPrepared and psycopg send the first; asyncpg the second (fetch, execute) and the
 # third (fetchrow, fetchval: one row).
-BATCH_TAILS = (m.describe("P", "") + m.execute("", 0) + m.sync(), m.execute("", 0) + m.sync(),
-               m.execute("", 1) + m.sync())
+BATCH_TAILS = (m.DESCRIBE_EXECUTE_SYNC, m.EXECUTE_SYNC, m.execute("", 1) + m.sync())
 
 
 class BindCheck:

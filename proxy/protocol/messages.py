@@ -261,6 +261,13 @@ def terminate() -> bytes:
     return _TERMINATE
 
 
+# What follows the Bind of the unnamed portal in the most common extended requests: a
+# Describe of it (its RowDescription, which a simple Query's answer starts with), an
+# Execute of all its rows and a Sync; or the Execute and Sync alone.
+DESCRIBE_EXECUTE_SYNC = describe("P", "") + execute("") + sync()
+EXECUTE_SYNC = execute("") + sync()
+
+
 def password_message(secret: bytes) -> bytes:
     """PasswordMessage ('p') for cleartext or md5: pass `secret` WITHOUT a trailing
     NUL; the builder appends it."""

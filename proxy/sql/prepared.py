@@ -57,7 +57,7 @@ class ServerForm:
         self.sql = sql
         self.sources = sources  # per $n in order: (masked token, chars of a folded `-`)
         # A simple Query's answer starts with a RowDescription when it returns rows.
-        self.tail = (m.describe("P", "") if returns_rows else b"") + m.execute("") + m.sync()
+        self.tail = m.DESCRIBE_EXECUTE_SYNC if returns_rows else m.EXECUTE_SYNC
         # parameter types → (Statement, the Bind message up to its parameter values)
         self._prepared: dict[tuple[int, ...], tuple[Statement, bytes]] = {}
 
