@@ -401,7 +401,7 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
             return True
         pool = self.pool
         paused = self.app.pauses.holds(self.tenant)  # PAUSE: take nothing, wait in _lease
-        conn = pool.take_idle(self.plan.context_key) if pool.idle and not paused else None
+        conn = None if paused else pool.take_idle(self.plan.context_key)
         if conn is not None and is_ready_for(conn, self.plan, self.params):
             self._attach(conn)
             return True
