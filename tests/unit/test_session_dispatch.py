@@ -62,7 +62,14 @@ def test_unexpected_types_are_protocol_violations(raw, skipping):
 
 def test_handlers_are_not_built_per_session():
     """An idle client costs memory: the dispatch table is shared by all sessions."""
-    assert not any(isinstance(v, dict) and m.QUERY in v for v in vars(session()).values())
+    s = session()
+    values = [getattr(s, name) for name in ClientSession.__slots__]
+    assert not any(isinstance(v, dict) and m.QUERY in v for v in values)
+
+
+def test_sessions_have_no_instance_dict():
+    """Every attribute a session sets is a slot (a dict would be a large unshared table)."""
+    assert not hasattr(session(), "__dict__")
 
 
 def test_invalid_utf8_query_is_refused_with_ready_for_query():
