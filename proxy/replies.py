@@ -65,6 +65,8 @@ class Expect:
 class ReplyTracker:
     """Expected replies up to each ReadyForQuery; see the module docstring."""
 
+    __slots__ = ("queue", "pending_syncs")
+
     def __init__(self) -> None:
         self.queue: collections.deque[Expect] = collections.deque()
         self.pending_syncs = 0  # Query/Sync messages whose ReadyForQuery has not come

@@ -34,12 +34,17 @@ IDLE, FAILED = ord("I"), ord("E")
 class TransactionSettings:
     """The setting changes of the open transaction, until it commits or rolls back."""
 
+    __slots__ = ("commit", "deallocated", "levels", "recorded", "in_block", "status")
+
     def __init__(self, commit: Callable[[list[SettingChange]], None],
                  deallocated: Callable[[], None] = lambda: None) -> None:
         self.commit = commit  # receives the changes that lasted, in order
         self.deallocated = deallocated  # a DEALLOCATE ALL completed
         # (savepoint name, changes made at that level); level 0 is the transaction itself
         self.levels: list[tuple[str | None, list[SettingChange]]] = [(None, [])]
+        # False while `levels` is as above: the check on every ReadyForQuery then reads
+        # this object only, not the lists of a session that has gone cold in the cache.
+        self.recorded = False
         self.in_block = False  # inside BEGIN … COMMIT (else in an implicit transaction)
         self.status = IDLE  # the transaction status of the last ReadyForQuery
 
@@ -75,8 +80,7 @@ class TransactionSettings:
     def ready(self, status: int, failed: bool) -> None:
         """ReadyForQuery: outside a transaction, what is still pending committed, unless
         the request failed or the transaction before was aborted (it rolled back)."""
-        if status == IDLE and self.status == IDLE and len(self.levels) == 1 \
-                and not self.levels[0][1]:
+        if status == IDLE and self.status == IDLE and not self.recorded:
             self.in_block = False  # the common case on every query: nothing pending
             return
         if status == IDLE:
@@ -92,6 +96,7 @@ class TransactionSettings:
     def _change(self, change: SettingChange) -> None:
         if not change.local:  # SET LOCAL ends with its transaction: nothing to keep
             self.levels[-1][1].append(change)
+            self.recorded = True
 
     def _control(self, event: TransactionControl, tag: bytes | None) -> None:
         kind = event.kind
@@ -105,6 +110,7 @@ class TransactionSettings:
             self.in_block = event.chain
         elif kind == "savepoint":
             self.levels.append((event.savepoint, []))
+            self.recorded = True
         elif kind == "release":
             self._release(event.savepoint)
         elif kind == "rollback_to":
@@ -139,5 +145,6 @@ class TransactionSettings:
             self.commit(changes)
 
     def _rollback(self) -> None:
-        if len(self.levels) > 1 or self.levels[0][1]:
+        if self.recorded:
             self.levels = [(None, [])]
+            self.recorded = False

@@ -8,6 +8,8 @@ never a default tenant. Messages name only what the client itself sent.
 
 from __future__ import annotations
 
+import sys
+
 from proxy.config import Config, Tenant, User
 from proxy.errors import FatalError, ProtocolViolation, TenantRefused
 
@@ -195,5 +197,7 @@ def filter_startup_params(params: dict[str, str]) -> dict[str, str]:
             value = _client_encoding(value)
         elif name == "application_name":
             value = _application_name(value)
-        kept[name] = value
+        # Interned: clients with the same settings share the strings, so the check at each
+        # lease (`lease.is_ready_for`) compares them by identity, not by their bytes.
+        kept[name] = sys.intern(value)
     return kept

@@ -151,3 +151,14 @@ def test_a_plain_statement_before_a_set_that_fails_leaves_nothing() -> None:
     session.query("ROLLBACK TO a")
     session.query("COMMIT")
     assert session.params == {}
+
+
+@pytest.mark.parametrize("end", ["COMMIT", "ROLLBACK"])
+def test_a_finished_transaction_leaves_no_savepoint_level_behind(end):
+    """The next transaction starts from the empty state, whatever the last one made."""
+    session = Session()
+    session.query("BEGIN")
+    session.query("SAVEPOINT a")
+    session.query("SAVEPOINT b")
+    session.query(end)
+    assert session.tx.levels == [(None, [])] and not session.tx.recorded
