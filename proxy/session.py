@@ -39,12 +39,11 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
         "relaying", "closed", "leasing", "reader", "tracker", "server", "pool", "app", "tm",
         "tx_status", "request_started", "tx_settings", "_client_out", "_server_out", "held",
         "held_analysis", "plan", "params", "skip_to_sync", "unsynced", "session_pooling",
-        "retiring", "transport", "_on_server_data", "_on_server_lost", "_on_handed_over",
-        "_on_lease_failed", "reading_paused", "portal_settings", "peer", "log",
-        "startup_reader", "handshake_task", "message_waiter", "bytes_waiter", "tls",
-        "connect_time", "console", "login", "tenant", "startup_params", "cancel_key",
-        "counted_connect", "refuse_at_connect", "counted_tenant", "refused_directly",
-        "statements", "bind_checks", "unnamed",
+        "retiring", "transport", "_on_handed_over", "_on_lease_failed", "reading_paused",
+        "portal_settings", "peer", "log", "startup_reader", "handshake_task",
+        "message_waiter", "bytes_waiter", "tls", "connect_time", "console", "login",
+        "tenant", "startup_params", "cancel_key", "counted_connect", "refuse_at_connect",
+        "counted_tenant", "refused_directly", "statements", "bind_checks", "unnamed",
     )
 
     def __init__(self, app) -> None:
@@ -97,10 +96,8 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
         self.unnamed = None
         self._server_out: list[bytes] = []
         self._client_out: list[bytes] = []
-        # The callbacks of an attached server connection, bound once (attached per lease).
-        self._on_server_data = self._server_data
-        self._on_server_lost = self._server_lost
-        self._on_handed_over = self._handed_over  # and of a wait for one (`Pool.wait`)
+        # The callbacks of a wait for a server connection (`Pool.wait`), bound once.
+        self._on_handed_over = self._handed_over
         self._on_lease_failed = self._lease_failed
 
     # -- asyncio.Protocol -------------------------------------------------------------
@@ -493,7 +490,7 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
 
     def _attach(self, conn) -> None:
         self.server = conn
-        conn.attach(self._on_server_data, self._on_server_lost)
+        conn.attach(self)
 
     def lease_for_session(self, conn) -> None:
         """Session pooling: hold `conn` until the client leaves."""

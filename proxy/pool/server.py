@@ -3,7 +3,7 @@ queries on it, and relay its replies to the client session that leases it.
 
 While nobody leases it the connection is in *internal* mode: incoming bytes are framed
 into messages that `recv()` hands to the coroutine talking to the server (startup,
-reset, setup). While leased, bytes go straight to the session's `server_data` callback.
+reset, setup). While leased, bytes go straight to the leasing session (its `_server_data`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import asyncio
 import collections
 import ssl
 import time
-from typing import Callable
 
 from proxy.errors import ConnectionUnavailable, ProtocolViolation, ProxyError
 from proxy.protocol import messages as m
@@ -58,9 +57,10 @@ class ServerConnection(asyncio.Protocol):
         self.statements = ServerStatements()  # protocol-level statements prepared here
         self.unnamed_owner: object | None = None  # the client Statement in the unnamed slot
         self.scanner = ReplyScanner(TRACKED_REPLIES)  # reply boundaries while relaying
-        self._internal = self._internal_data  # bound once: detach runs per transaction
-        self.on_data: Callable[[bytes], None] = self._internal
-        self.on_lost: Callable[[], None] | None = None
+        # The session leasing it, which gets its replies (`_server_data`) and its loss
+        # (`_server_lost`); None in internal mode. The session itself, not two bound
+        # methods of it: attaching then writes nothing of a session gone cold in the cache.
+        self.owner = None
         self._reader = MessageReader(1 << 30)
         self._inbox: collections.deque[tuple[int, bytes]] = collections.deque()
         self._waiter: asyncio.Future | None = None
@@ -72,7 +72,11 @@ class ServerConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self.on_data(data)
+        owner = self.owner
+        if owner is None:
+            self._internal_data(data)
+        else:
+            owner._server_data(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -80,8 +84,8 @@ class ServerConnection(asyncio.Protocol):
         if self._ssl_reply is not None and not self._ssl_reply.done():
             self._ssl_reply.set_exception(lost)  # closed instead of answering the SSLRequest
         self._wake(lost)
-        if self.on_lost is not None:
-            self.on_lost()
+        if self.owner is not None:
+            self.owner._server_lost()
 
     def pause_writing(self) -> None:  # the server reads slowly: nothing to do yet
         pass
@@ -154,16 +158,14 @@ class ServerConnection(asyncio.Protocol):
 
     # -- relay mode -------------------------------------------------------------------
 
-    def attach(self, on_data: Callable[[bytes], None], on_lost: Callable[[], None]) -> None:
+    def attach(self, owner) -> None:
         """Send this connection's replies to a leasing session."""
         self._inbox.clear()  # notices that came while it sat idle in the pool
-        self.on_data = on_data
-        self.on_lost = on_lost
+        self.owner = owner
 
     def detach(self) -> None:
         """Back in internal mode; `last_used` is now (the pool's age check reads it)."""
-        self.on_data = self._internal
-        self.on_lost = None
+        self.owner = None
         self.last_used = time.monotonic()
         # The session may have stopped reading it for a slow client (backpressure).
         if self.transport is not None and not self.closed and not self.transport.is_reading():
