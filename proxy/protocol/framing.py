@@ -73,9 +73,13 @@ class MessageReader:
         end = pos + 1 + length
         if end > len(buf):
             return None
-        self._pos = end
         if type(buf) is bytes:
+            if end == len(buf):  # the chunk is used up: let go of it now, while it is
+                self._data, self._pos = b"", 0  # in the cache, not at the next feed
+            else:
+                self._pos = end
             return buf[pos], buf[pos:end]
+        self._pos = end
         return buf[pos], bytes(memoryview(buf)[pos:end])
 
     def pending(self) -> int:
