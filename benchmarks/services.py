@@ -254,11 +254,13 @@ class Services:
 
     # -- tenantgate ---------------------------------------------------------------------------
 
-    def start_tenantgate(self, max_client_conn: int, enforce: str = "both") -> Target:
+    def start_tenantgate(self, max_client_conn: int, enforce: str = "both",
+                         wrapper: tuple[str, ...] = ()) -> Target:
         """`python -m proxy run` with the sample config (transaction mode, same pool size) and,
-        after start_row_database, the row tenants of ROW_DB with `row.enforce: enforce`."""
+        after start_row_database, the row tenants of ROW_DB with `row.enforce: enforce`;
+        `wrapper` goes before the command (valgrind: benchmarks/instructions.py)."""
         name = "tenantgate" if enforce == "both" else f"tenantgate-{enforce}"
-        home = self.tmp / name
+        home = self.tmp / (f"{name}-{len(self.procs)}" if wrapper else name)
         home.mkdir()
         port, metrics_port = free_port(), free_port()
         config = home / "tenantgate.yaml"
@@ -266,10 +268,10 @@ class Services:
         log = home / "tenantgate.out"
         env = dict(os.environ, TENANTGATE_LOG_LEVEL=os.environ.get("TENANTGATE_LOG_LEVEL",
                                                                    "warning"))
-        proc = self._spawn([sys.executable, "-m", "proxy", "run", "--config", str(config)],
-                           cwd=REPO, log=log, env=env)
+        proc = self._spawn([*wrapper, sys.executable, "-m", "proxy", "run", "--config",
+                            str(config)], cwd=REPO, log=log, env=env)
         self.tenantgate_logs[proc.pid] = log
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + (300 if wrapper else 60)
         while "tenantgate: listening on" not in _tail(log, 200):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise ServiceError(f"tenantgate did not start (exit {proc.poll()}):\n{_tail(log)}")
