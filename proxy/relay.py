@@ -237,5 +237,7 @@ class ReplyRelay:
             self.fail(AdminShutdown(self._shutdown_reason()))
 
     def _server_lost(self) -> None:
-        self.server = None
+        """The attached server connection closed (the backend ended, PostgreSQL went down):
+        the client ends with it, and `fail` discards the connection, which frees its slot
+        in the pool (setting `server` to None first had kept the slot taken for good)."""
         self.fail(ConnectionUnavailable("server closed the connection unexpectedly"))

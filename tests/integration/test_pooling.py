@@ -10,6 +10,7 @@ import subprocess
 import time
 
 import asyncpg
+import psycopg
 import pytest
 
 from tests.helpers import abackend_query, backend_query
@@ -338,3 +339,28 @@ async def test_simple_queries_over_a_contended_pool_each_get_their_own_answers_i
         for sock in socks:
             sock.close()
         await holder.close()
+
+
+def test_a_server_connection_lost_mid_transaction_ends_that_client_only(
+        proxy_factory, pg, sample) -> None:
+    """PostgreSQL ends the backend a client holds in a transaction (pool_size 1). That
+    client's connection ends (the server's FATAL is relayed, then the proxy's 08006), and
+    the dead connection leaves the pool at once: a second client, still beside the first,
+    is served on a new server connection well within wait_timeout (2 s)."""
+    text = sample.config_yaml(pg, 11111, pool_size=1)
+    text = text.replace('"127.0.0.1:11111"', '"127.0.0.1:{port}"')
+    text = text.replace("    pool_size: 1\n", "    pool_size: 1\n    wait_timeout: 2\n")
+    assert "wait_timeout: 2" in text and "{port}" in text
+    small = proxy_factory(config_text=text)
+    with small.connect("app.acme", APP) as holder, small.connect("app.acme", APP) as other:
+        holder.execute("BEGIN")
+        (pid,) = holder.execute("SELECT pg_backend_pid()").fetchone()
+        assert backend_query(pg, "postgres", "SELECT pg_terminate_backend(%s)", (pid,)) \
+            == [(True,)]
+        with pytest.raises(psycopg.OperationalError) as lost:
+            holder.execute("SELECT count(*) FROM items")
+        assert lost.value.sqlstate in ("57P01", "08006"), lost.value
+        assert other.execute("SELECT count(*) FROM items").fetchone() == (3,)
+        assert other.execute("SELECT pg_backend_pid()").fetchone() != (pid,)
+        small.wait_until(lambda: "server closed the connection unexpectedly" in small.logs(),
+                         10, "the proxy to end the client whose server connection was lost")
