@@ -39,6 +39,7 @@ class BindCheck:
 
 class ExtendedQuery:
     __slots__ = ()  # a mixin of ClientSession, which lists the slots
+
     def _on_parse(self, raw: bytes) -> None:
         parse = m.decode_parse(raw)
         decision = self._analyze(parse.query)

@@ -24,6 +24,7 @@ BIND_COMPLETE = m.bind_complete()
 
 class ReplyRelay:
     __slots__ = ()  # a mixin of ClientSession, which lists the slots
+
     def _server_data(self, data: bytes) -> None:
         queue = self.tracker.queue
         if len(queue) == 1:
