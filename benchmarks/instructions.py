@@ -4,16 +4,17 @@
 
 TPS and CPU time move 10-20% between runs on a shared 2-core machine; what the proxy's own
 code does per transaction moves far less. This runs tenantgate under valgrind's cachegrind
-with a simulated 32 KiB first-level data cache and a 1 MiB last level (about the share of
-a cache that a machine busy with PostgreSQL and pgbench leaves one process), and counts per
+with a simulated 32 KiB first-level data cache and a 1 MiB last level (our guess at the share
+of a cache that a machine busy with PostgreSQL and pgbench leaves one process), and counts per
 transaction of `pgbench -n -S -M simple -c CLIENTS -j 2` what the proxy executes in user
-space (the interpreter, uvloop, libc; not the kernel): instructions, first-level data
-cache misses and last-level data cache misses. Start-up and logins are taken out: the
-proxy runs twice, for WARM and for WARM + TRANSACTIONS transactions per client, and the
-difference is divided by CLIENTS × TRANSACTIONS. Under valgrind the proxy is some 30 times
-slower and so the bottleneck: with 500 clients over `pool_size: 20` (scenario e's shape)
-every request waits for a server connection and the sessions take turns, going cold in
-the cache in between. Needs Debian's `valgrind`; everything listens on 127.0.0.1.
+space (the interpreter, uvloop, libc; not the kernel): instructions, first-level data cache
+misses and last-level data cache misses. Start-up and logins are taken out: the proxy runs
+twice, for WARM and for WARM + TRANSACTIONS transactions per client, and the difference is
+divided by CLIENTS × TRANSACTIONS. Under valgrind the proxy is about 20 times slower
+(1,200–1,300 TPS here, against some 25,000) and so the bottleneck: with 500 clients over
+`pool_size: 20` (scenario e's shape) every request waits for a server connection and the
+sessions take turns, going cold in the cache in between. Needs Debian's `valgrind`;
+everything listens on 127.0.0.1.
 """
 
 from __future__ import annotations

@@ -260,7 +260,9 @@ class Services:
         after start_row_database, the row tenants of ROW_DB with `row.enforce: enforce`;
         `wrapper` goes before the command (valgrind: benchmarks/instructions.py)."""
         name = "tenantgate" if enforce == "both" else f"tenantgate-{enforce}"
-        home = self.tmp / (f"{name}-{len(self.procs)}" if wrapper else name)
+        home = self.tmp / name
+        if home.exists():  # started again (benchmarks/instructions.py): a directory of its own
+            home = self.tmp / f"{name}-{len(self.procs)}"
         home.mkdir()
         port, metrics_port = free_port(), free_port()
         config = home / "tenantgate.yaml"
