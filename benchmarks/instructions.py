@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=500)
     parser.add_argument("--transactions", type=int, default=20, help="per client, counted")
     parser.add_argument("--scale", type=int, default=10, help="pgbench -i -s")
+    parser.add_argument("--keep", type=Path, help="copy cachegrind's output files here "
+                        "(for cg_annotate: where the instructions go, by C function)")
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
@@ -89,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
             totals.append(counted_run(services, args.clients, per_client,
                                       services.tmp / f"cachegrind.{per_client}.out"))
             log(f"… {time.monotonic() - started:.0f} s")
+            if args.keep is not None:
+                args.keep.mkdir(parents=True, exist_ok=True)
+                shutil.copy(services.tmp / f"cachegrind.{per_client}.out", args.keep)
     finally:
         services.close()
     counted = args.clients * args.transactions

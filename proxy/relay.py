@@ -9,7 +9,7 @@ Mixed into `ClientSession`.
 
 from __future__ import annotations
 
-import time
+from time import perf_counter
 
 from proxy.errors import AdminShutdown, ConnectionUnavailable, ProtocolViolation, ProxyError
 from proxy.protocol import messages as m
@@ -60,16 +60,16 @@ class ReplyRelay:
         elif out:
             out.append(data)
             self._flush()
-        else:
-            self.write(data)
+        elif not self.closed:  # `write` written out
+            self.transport.write(data)
         status = data[-1]
         self.tx_status = status
         self.tracker.on_ready()
-        now = time.perf_counter()
+        now = perf_counter()
         self.tm.answered(now - self.request_started, len(data), status == IDLE)
         self.request_started = now
         self.tx_settings.ready(status, False)
-        self._after_replies()  # the release rule lives there (`_may_release`), once
+        self._after_replies()  # the release rule lives there, once
 
     def _replies(self, data: bytes) -> None:
         """Any server bytes: walked by `ReplyScanner.scan`, each tracked reply handled."""
@@ -123,10 +123,17 @@ class ReplyRelay:
         self._after_replies()
 
     def _after_replies(self) -> None:
-        """The lease ends at ReadyForQuery outside a transaction; a draining or retiring
-        client is closed once idle."""
-        if self.server is not None and self._may_release():
-            self._release()
+        """The lease ends at ReadyForQuery outside a transaction, with nothing pending
+        (transaction pooling; in session pooling the client keeps its connection); a
+        draining or retiring client is closed once idle. Once per request: the checks
+        are written out here, not in helpers."""
+        conn = self.server
+        if conn is not None and not self.session_pooling and self.tx_status == IDLE \
+                and not self.tracker.queue and not self.unsynced:
+            self.server = None
+            self.pool.release(conn)
+            if self.app.draining or self.retiring:
+                self.fail(AdminShutdown(self._shutdown_reason()))
         elif (self.app.draining or self.retiring) and self.idle():
             self.fail(AdminShutdown(self._shutdown_reason()))
 
@@ -136,7 +143,7 @@ class ReplyRelay:
         entry = self.tracker.on_ready()
         if entry is not None and entry.swallow:
             return True  # `_retried_stale_plan`: the answer of the Query sent again follows
-        now = time.perf_counter()
+        now = perf_counter()
         self.tm.query(now - self.request_started)
         self.request_started = now  # a pipelined next request is timed from here
         if self.tx_status == IDLE:
@@ -226,16 +233,6 @@ class ReplyRelay:
                                         rule="pinned-setting"))
             return False
         return True
-
-    def _may_release(self) -> bool:
-        return (not self.session_pooling and self.tx_status == IDLE and self.tracker.idle
-                and not self.unsynced)
-
-    def _release(self) -> None:
-        conn, self.server = self.server, None
-        self.pool.release(conn)
-        if self.app.draining or self.retiring:
-            self.fail(AdminShutdown(self._shutdown_reason()))
 
     def _server_lost(self) -> None:
         """The attached server connection closed (the backend ended, PostgreSQL went down):

@@ -114,10 +114,11 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
         try:
             if self.relaying:
                 self.tm.bytes_in(len(data))
-                self.reader.feed(data)
                 if self.leasing is None:
-                    self._process_client_messages()
-                elif self.reader.pending() > HELD_BYTES and not self.reading_paused:
+                    self._process_client_messages(self.reader.feed_whole(data))
+                    return
+                self.reader.feed(data)
+                if self.reader.pending() > HELD_BYTES and not self.reading_paused:
                     # Waiting for a server: what the client sends on stays in the reader,
                     # up to a bound (reading is not paused for each wait: two syscalls).
                     self.reading_paused = True
@@ -190,14 +191,25 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
 
     # -- client messages --------------------------------------------------------------
 
-    def _process_client_messages(self) -> None:
+    def _process_client_messages(self, message: tuple[int, bytes] | None = None) -> None:
+        """Handle the client's messages in order: `message` if given, a chunk that was just
+        that one message (`MessageReader.feed_whole`: the reader holds nothing, and nothing
+        feeds it until this returns), else those the reader holds."""
         reader = self.reader
         if not self.tracker.queue:  # idle: a new request starts
             self.request_started = time.perf_counter()
+        in_reader = message is None
         # While a lease is being taken the messages after the one that asked for it stay
         # in the reader: `_lease` comes back here once the server connection is attached.
-        while not self.closed and self.leasing is None and (message := reader.next()) is not None:
+        while not self.closed and self.leasing is None:
+            if message is None:
+                if not in_reader:
+                    break
+                message = reader.next()
+                if message is None:
+                    break
             mtype, raw = message
+            message = None
             if mtype == m.QUERY and not self.skip_to_sync:  # the most common, without the table
                 try:
                     self._on_query(raw)
@@ -415,7 +427,8 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
         paused = self.app.pauses.holds(self.tenant)  # PAUSE: take nothing, wait in _lease
         conn = None if paused else pool.take_idle(self.plan.context_key)
         if conn is not None and is_ready_for(conn, self.plan, self.params):
-            self._attach(conn)
+            self.server = conn  # `_attach` written out: this runs for every request
+            conn.attach(self)
             return True
         self.held = (mtype, raw)
         if analysed is not None:  # (sql, scope analysed in, decision): not analysed twice

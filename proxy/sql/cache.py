@@ -1,7 +1,10 @@
 """Cache analysis decisions by exact text and by statement shape.
 
 Four bounded maps, all keyed with the tenant's Scope (strategy, schemas, pinned
-settings, pool mode, level), so no decision is ever shared between scopes:
+settings, pool mode, level), so no decision is ever shared between scopes. The key
+holds the Scope's `hash_value` (an int: hashing the Scope itself would be a Python call
+per lookup) and every entry holds its Scope, which a hit must be (or equal): two scopes
+whose hashes collide miss each other's entries, they never share one.
 
 * exact text → Decision: every decision, including those that read a literal and
   rewritten ones (their SQL is specific to the text).
@@ -53,8 +56,8 @@ MAX_CACHED_CHARS = 8192
 _ZERO_DIGITS = bytes.maketrans(b"123456789", b"000000000")
 _PARAMETER = re.compile(r"\$\d+")
 
-_Entry = tuple[float, Decision]  # (expires at, decision)
-_Key = tuple[object, Scope]
+_Entry = tuple[float, Decision, Scope]  # (expires at, decision, the scope it was made in)
+_Key = tuple[object, int]  # (text, shape or template key, Scope.hash_value)
 
 
 class Analyzer:
@@ -69,8 +72,8 @@ class Analyzer:
         self._shape: dict[_Key, _Entry] = {}
         self._templates: dict[_Key, _Entry] = {}  # (template key, scope) → row rewrite
         # (text with digits zeroed, scope) → (expires, text around the constants, spans,
-        # decision) of a plain statement, or (expires, None, None, None) where statements
-        # of these digits cannot be shared: see "digits only" in the module docstring.
+        # decision, scope) of a plain statement, or (expires, None, None, None, scope)
+        # where statements of these digits cannot be shared: see "digits only" above.
         self._alike: dict[_Key, tuple] = {}
         self.hits = 0
         self.misses = 0
@@ -78,14 +81,14 @@ class Analyzer:
     def analyze(self, sql: str, scope: Scope) -> Decision:
         """The decision for `sql` in `scope`, from the cache when possible."""
         now = self._clock()
-        key = (sql, scope)
+        key = (sql, scope.hash_value)
         entry = self._exact.get(key)
-        if entry is not None and entry[0] > now:
+        if entry is not None and entry[0] > now and (entry[2] is scope or entry[2] == scope):
             self.hits += 1
             return entry[1]
-        zeroed = (sql.encode("utf-8", "surrogatepass").translate(_ZERO_DIGITS), scope)
+        zeroed = (sql.encode("utf-8", "surrogatepass").translate(_ZERO_DIGITS), scope.hash_value)
         alike = self._alike.get(zeroed)
-        if alike is not None and alike[0] > now:
+        if alike is not None and alike[0] > now and (alike[4] is scope or alike[4] == scope):
             decision = _alike_decision(sql, alike)
             if decision is not None:
                 self.hits += 1
@@ -93,35 +96,35 @@ class Analyzer:
         found = None
         if rewriting(scope):
             found = template.shape(sql)
-            entry = self._templates.get((found.key, scope)) if found is not None else None
-            decision = _filled(entry[1], sql, found.spans) \
-                if entry is not None and entry[0] > now else None
+            entry = self._templates.get((found.key, scope.hash_value)) if found is not None else None
+            decision = _filled(entry[1], sql, found.spans) if entry is not None \
+                and entry[0] > now and (entry[2] is scope or entry[2] == scope) else None
             if decision is not None:
                 self.hits += 1
                 self._remember_alike(zeroed, sql, entry, plain=found)
                 return decision
         plain = found if found is not None and found.plain else None
         if plain is not None:
-            entry = self._shape.get((plain.key, scope))
-            if entry is not None and entry[0] > now:
+            entry = self._shape.get((plain.key, scope.hash_value))
+            if entry is not None and entry[0] > now and (entry[2] is scope or entry[2] == scope):
                 self.hits += 1
                 return entry[1]
         shape = _shape(sql)
         if shape is not None:
-            entry = self._shape.get((shape, scope))
-            if entry is not None and entry[0] > now:
+            entry = self._shape.get((shape, scope.hash_value))
+            if entry is not None and entry[0] > now and (entry[2] is scope or entry[2] == scope):
                 self.hits += 1
                 self._remember_alike(zeroed, sql, entry, shape, plain)
                 return entry[1]
         self.misses += 1
-        return self._analyze(key, zeroed, shape, plain, now)
+        return self._analyze(sql, scope, key, zeroed, shape, plain, now)
 
-    def _analyze(self, key: tuple[str, Scope], zeroed: _Key, shape: str | None,
+    def _analyze(self, sql: str, scope: Scope, key: _Key, zeroed: _Key, shape: str | None,
                  plain: template.Shape | None, now: float) -> Decision:
-        decision = analyze_uncached(*key)
-        if len(key[0]) > MAX_CACHED_CHARS:
+        decision = analyze_uncached(sql, scope)
+        if len(sql) > MAX_CACHED_CHARS:
             return decision
-        entry = (now + self.ttl, decision)
+        entry = (now + self.ttl, decision, scope)
         self._store(self._exact, key, entry)
         if shape is not None and decision.shape_cacheable:
             self._store(self._shape, (shape, key[1]), entry)
@@ -129,7 +132,7 @@ class Analyzer:
                 self._store(self._shape, (plain.key, key[1]), entry)
         if decision.template is not None:
             self._store(self._templates, (decision.template.key, key[1]), entry)
-        self._remember_alike(zeroed, key[0], entry, shape, plain)
+        self._remember_alike(zeroed, sql, entry, shape, plain)
         return decision
 
     def _remember_alike(self, zeroed: _Key, sql: str, entry: _Entry,
@@ -140,18 +143,18 @@ class Analyzer:
         that cannot be, remember so too: every statement of these zeroed digits has the
         same other characters, hence the same answer, and is not cut again."""
         known = self._alike.get(zeroed)
-        if known is not None and known[0] > self._clock():
+        if known is not None and known[0] > self._clock() and known[4] is entry[2]:
             return
         plain = plain if plain is not None and plain.plain else template.fast_shape(sql)
         if plain is None or not _alike_shares(plain, entry[1], shape):
-            self._store(self._alike, zeroed, (entry[0], None, None, None))
+            self._store(self._alike, zeroed, (entry[0], None, None, None, entry[2]))
             return
         text, gaps, done = plain.text, [], 0
         for start, end in plain.spans:
             gaps.append((done, text[done:start]))
             done = end
         gaps.append((done, text[done:]))
-        self._store(self._alike, zeroed, (entry[0], tuple(gaps), plain.spans, entry[1]))
+        self._store(self._alike, zeroed, (entry[0], tuple(gaps), plain.spans, entry[1], entry[2]))
 
     def _store(self, table: dict[_Key, _Entry], key: _Key, entry: _Entry) -> None:
         table.pop(key, None)  # re-inserting moves the key to the young end
@@ -194,7 +197,7 @@ def _alike_decision(sql: str, alike: tuple) -> Decision | None:
     """The decision of a plain statement that `sql` matches apart from digits, if every
     character outside that statement's constants is the same; None otherwise (and for
     zeroed digits remembered as not alike)."""
-    _expires, gaps, spans, decision = alike
+    _expires, gaps, spans, decision, _scope = alike
     if gaps is None:
         return None
     for start, text in gaps:

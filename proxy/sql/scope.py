@@ -31,16 +31,17 @@ class Scope:
     # Row strategy: the tenant and shared tables of the tenant's database, from the
     # catalog (a proxy.sql.rowmodel.RowCatalog; hashable, compared by content).
     row_catalog: object | None = None
-    _hash: int = field(default=0, init=False, repr=False, compare=False)
+    # The hash of the fields, computed once. The analysis cache keys its entries with this
+    # int, not with the Scope (hashing the Scope is a Python call, twice per statement),
+    # and checks on a hit that the entry's scope is this one.
+    hash_value: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # Every analysis cache lookup hashes its Scope (twice for a statement seen by
-        # shape): hash the fields once, not per lookup.
         values = tuple(getattr(self, f.name) for f in fields(self) if f.compare)
-        object.__setattr__(self, "_hash", hash(values))
+        object.__setattr__(self, "hash_value", hash(values))
 
     def __hash__(self) -> int:
-        return self._hash
+        return self.hash_value
 
 
 @dataclass(frozen=True)

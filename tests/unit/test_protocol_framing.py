@@ -158,6 +158,62 @@ def test_reader_random_bytes_raise_only_protocol_errors(data, cuts):
         assert b"".join(raw for _, raw in got) == data[:sum(len(r) for _, r in got)]
 
 
+def read_whole_in_pieces(data: bytes, cuts: list[int], max_size: int = 1 << 20):
+    """`read_in_pieces` through `feed_whole`, as the session reads a relaying client."""
+    reader, out, last = MessageReader(max_size), [], 0
+    for cut in sorted(set(cuts)) + [len(data)]:
+        if (whole := reader.feed_whole(data[last:cut])) is not None:
+            out.append(whole)
+        out += drain(reader)
+        last = cut
+    return out, reader
+
+
+def test_feed_whole_returns_a_lone_message_itself_and_keeps_nothing():
+    reader = MessageReader(1 << 20)
+    assert reader.feed_whole(QUERY) == (ord("Q"), QUERY)
+    assert reader.feed_whole(QUERY)[1] is QUERY
+    assert reader.pending() == 0 and reader.next() is None
+
+
+@pytest.mark.parametrize("chunks, messages", [
+    ([QUERY + SYNC], [QUERY, SYNC]),  # two messages
+    ([QUERY[:7], QUERY[7:]], [QUERY]),  # a message in two chunks: the second completes it
+    ([QUERY[:3], QUERY[3:]], [QUERY]),  # even its header
+    ([PARSE[:2], PARSE[2:] + QUERY], [PARSE, QUERY]),  # the end of one, then a whole one
+    ([bytearray(QUERY)], [QUERY]),  # not bytes: kept as a copy
+])
+def test_feed_whole_feeds_any_other_chunk(chunks, messages):
+    reader, got = MessageReader(1 << 20), []
+    for chunk in chunks:
+        if (whole := reader.feed_whole(chunk)) is not None:
+            got.append(whole)
+        got += drain(reader)
+    assert [raw for _, raw in got] == messages
+    assert reader.pending() == 0
+
+
+@pytest.mark.parametrize("raw", [b"Q\x00\x00\x00\x03", b"Q" + struct.pack("!i", 200) + bytes(196)])
+def test_feed_whole_leaves_bad_lengths_to_next(raw):
+    reader = MessageReader(100)
+    assert reader.feed_whole(raw) is None
+    with pytest.raises(ProtocolViolation):
+        reader.next()
+
+
+@FAST
+@given(st.binary(max_size=300), st.lists(st.integers(0, 300), max_size=6))
+def test_feed_whole_frames_as_feed_does(data, cuts):
+    cuts = [c for c in cuts if c < len(data)]
+    outcomes = []
+    for read in (read_in_pieces, read_whole_in_pieces):
+        try:
+            outcomes.append(read(data, cuts, max_size=200)[0])
+        except ProxyError as exc:
+            outcomes.append(exc.sqlstate)
+    assert outcomes[0] == outcomes[1]
+
+
 # --- StartupReader ---------------------------------------------------------------
 
 def test_startup_reader_frames_and_counts_pending():

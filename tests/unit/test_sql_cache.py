@@ -120,6 +120,25 @@ def test_scopes_never_share_entries(calls) -> None:
     assert len(calls) == 3
 
 
+@pytest.mark.parametrize("texts", [
+    ("SELECT * FROM hooli.items", "SELECT * FROM hooli.items"),  # the exact-text entry
+    ("SELECT * FROM hooli.items WHERE id = 1", "SELECT * FROM hooli.items WHERE id = 2"),
+    ("SELECT * FROM hooli.items WHERE id = 1", "SELECT * FROM hooli.items WHERE id = 12"),
+])
+def test_scopes_whose_hashes_collide_never_share_entries(calls, texts) -> None:
+    """The maps are keyed by `Scope.hash_value`; a scope with the same value is still
+    another scope: the tenant that may not read hooli gets its own analysis (a denial)
+    by exact text, by digits (the same zeroed text) and by shape."""
+    analyzer = Analyzer()
+    collides = Scope("schema", schemas=("acme",))
+    object.__setattr__(collides, "hash_value", DATABASE.hash_value)
+    assert analyzer.analyze(texts[0], DATABASE).action == "allow"
+    denied = analyzer.analyze(texts[1], collides)
+    assert denied.action == "deny", denied
+    assert calls == list(texts)
+    assert analyzer.analyze(texts[1], DATABASE).action == "allow"  # its entry is still there
+
+
 def test_syntax_errors_are_cached_by_exact_text(calls) -> None:
     analyzer = Analyzer()
     assert analyzer.analyze("SELEC 1", SCHEMA).rule == "parse"
