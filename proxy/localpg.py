@@ -28,11 +28,21 @@ class LocalPostgresError(RuntimeError):
     """The local cluster could not be created, started, or queried."""
 
 
+_HANDED_OUT: set[int] = set()  # ports free_port gave this process
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on `host` that was free a moment ago (bind to port 0, read it, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A TCP port on `host` that was free a moment ago (bind to port 0, read it, close),
+    never one it gave before in this process: two taken before either is bound (a
+    listen and a metrics port) could otherwise be the same one."""
+    for _ in range(1000):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no free TCP port that was not handed out before")
 
 
 def _version_key(bindir: str) -> tuple[int, ...]:
