@@ -96,7 +96,8 @@ class Analyzer:
         found = None
         if rewriting(scope):
             found = template.shape(sql)
-            entry = self._templates.get((found.key, scope.hash_value)) if found is not None else None
+            entry = self._templates.get((found.key, scope.hash_value)) \
+                if found is not None else None
             decision = _filled(entry[1], sql, found.spans) if entry is not None \
                 and entry[0] > now and (entry[2] is scope or entry[2] == scope) else None
             if decision is not None:
