@@ -60,8 +60,8 @@ class ReplyRelay:
         elif out:
             out.append(data)
             self._flush()
-        elif not self.closed:  # `write` written out
-            self.transport.write(data)
+        else:
+            self.write(data)
         status = data[-1]
         self.tx_status = status
         self.tracker.on_ready()

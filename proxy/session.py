@@ -192,22 +192,15 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
     # -- client messages --------------------------------------------------------------
 
     def _process_client_messages(self, message: tuple[int, bytes] | None = None) -> None:
-        """Handle the client's messages in order: `message` if given, a chunk that was just
-        that one message (`MessageReader.feed_whole`: the reader holds nothing, and nothing
-        feeds it until this returns), else those the reader holds."""
+        """Handle the client's messages in order: `message` first, if given (a chunk that
+        was just that one message: `MessageReader.feed_whole`), then those in the reader."""
         reader = self.reader
         if not self.tracker.queue:  # idle: a new request starts
             self.request_started = time.perf_counter()
-        in_reader = message is None
         # While a lease is being taken the messages after the one that asked for it stay
         # in the reader: `_lease` comes back here once the server connection is attached.
-        while not self.closed and self.leasing is None:
-            if message is None:
-                if not in_reader:
-                    break
-                message = reader.next()
-                if message is None:
-                    break
+        while not self.closed and self.leasing is None \
+                and (message is not None or (message := reader.next()) is not None):
             mtype, raw = message
             message = None
             if mtype == m.QUERY and not self.skip_to_sync:  # the most common, without the table
@@ -427,8 +420,7 @@ class ClientSession(ExtendedQuery, ReplyRelay, asyncio.Protocol):
         paused = self.app.pauses.holds(self.tenant)  # PAUSE: take nothing, wait in _lease
         conn = None if paused else pool.take_idle(self.plan.context_key)
         if conn is not None and is_ready_for(conn, self.plan, self.params):
-            self.server = conn  # `_attach` written out: this runs for every request
-            conn.attach(self)
+            self._attach(conn)
             return True
         self.held = (mtype, raw)
         if analysed is not None:  # (sql, scope analysed in, decision): not analysed twice

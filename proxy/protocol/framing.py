@@ -59,18 +59,20 @@ class MessageReader:
             self._data, self._pos = tail, 0
 
     def feed_whole(self, data: bytes) -> tuple[int, bytes] | None:
-        """`feed` for the common chunk: with nothing pending, a chunk that is exactly one
-        whole message within the size limit comes back as (type, raw), `data` itself, and
-        nothing is kept (one call where `feed` and `next` would be two). Any other chunk
-        is fed and None returned: `next` frames it, and raises on what is wrong."""
-        if self._pos < len(self._data) or len(data) < HEADER or type(data) is not bytes:
+        """`feed` that hands back the common chunk at once: with nothing pending, a chunk
+        that is exactly one whole message within the size limit comes back as (type, raw),
+        `data` itself, and nothing is kept. Any other chunk is kept as `feed` keeps it and
+        None returned: `next` frames it, and raises on what is wrong."""
+        if self._pos < len(self._data) or type(data) is not bytes:
             self.feed(data)
             return None
-        length = _unpack_int32(data, 1)[0]
-        if length + 1 != len(data) or length < 4 or length + 1 > self.max_size:
-            self.feed(data)
-            return None
-        return data[0], data
+        size = len(data)
+        if size >= HEADER:
+            length = _unpack_int32(data, 1)[0]
+            if length + 1 == size and length >= 4 and size <= self.max_size:
+                return data[0], data
+        self._data, self._pos = data, 0  # `feed` with nothing pending: the chunk as it is
+        return None
 
     def next(self) -> tuple[int, bytes] | None:
         """The next whole message as (type, raw), or None until more data arrives."""
